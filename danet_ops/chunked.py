@@ -1,0 +1,141 @@
+"""Memory-efficient attention in pure PyTorch: the ``chunked`` backend, any device.
+
+PAM walks over blocks of query rows. Each block computes its full softmax rows at once
+(``[B, block, N]``), so no online rescaling is needed, and backward recomputes P from the
+saved log-sum-exp: attention memory is O(B·block·N), never O(N²). Statistics and
+accumulation are fp32 for fp16/bf16/fp32 inputs and fp64 for fp64 inputs.
+
+CAM's C x C matrix is small; here the point is precision: Gram and softmax in fp32 even
+for half inputs (eager fp16 overflows the Gram), and ``gamma·out + x`` fused.
+
+The functions follow the backend contract of ``danet_ops.backends``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+# Elements of one [B, block, N] attention chunk: 2**23 fp32 values = 32 MiB per buffer.
+CHUNK_ELEMENTS = 1 << 23
+
+
+def unavailable_reason(device: torch.device) -> Optional[str]:
+    return None
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _block_rows(batch: int, n: int) -> int:
+    rows = max(1, CHUNK_ELEMENTS // max(1, batch * n))
+    if rows >= 64:
+        rows -= rows % 64
+    return min(n, rows)
+
+
+def _epilogue(o: Tensor, gamma: Optional[Tensor], residual: Optional[Tensor]) -> Tensor:
+    if gamma is not None:
+        o = o * gamma.to(o.dtype)
+    if residual is not None:
+        o = o + residual.to(o.dtype)
+    return o
+
+
+def pam_forward(
+    q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor], residual: Optional[Tensor],
+    scale: float, save_o: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    batch, _, n = q.shape
+    acc = _acc_dtype(q.dtype)
+    qa, ka, va = q.to(acc), k.to(acc), v.to(acc)
+    o = torch.empty(v.shape, dtype=acc, device=v.device)
+    lse = torch.empty(batch, n, dtype=acc, device=q.device)
+    rows = _block_rows(batch, n)
+    for start in range(0, n, rows):
+        blk = slice(start, min(n, start + rows))
+        s = torch.bmm(qa[:, :, blk].transpose(1, 2), ka)  # [B, rows, N]
+        if scale != 1.0:
+            s.mul_(scale)
+        row_max = s.amax(dim=-1, keepdim=True)
+        p = s.sub_(row_max).exp_()
+        row_sum = p.sum(dim=-1, keepdim=True)
+        lse[:, blk] = (row_max + row_sum.log()).squeeze(-1)
+        o[:, :, blk] = torch.bmm(va, p.transpose(1, 2)) / row_sum.transpose(1, 2)
+    has_epilogue = gamma is not None or residual is not None
+    out = _epilogue(o, gamma, residual).to(v.dtype)
+    saved_o = o.to(v.dtype) if (save_o and has_epilogue) else v.new_empty(0)
+    return out, lse, saved_o
+
+
+def pam_backward(
+    dout: Tensor, q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor], o: Tensor,
+    lse: Tensor, scale: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of ``gamma * softmax(scale·qᵀk)·v + residual``; o is the raw attention output."""
+    batch, _, n = q.shape
+    acc = _acc_dtype(q.dtype)
+    qa, ka, va = q.to(acc), k.to(acc), v.to(acc)
+    dout_a, o_a = dout.to(acc), o.to(acc)
+    row_dot = (dout_a * o_a).sum(dim=1)  # [B, N]: Σ_c dout·o
+    if gamma is None:
+        do, delta, dgamma = dout_a, row_dot, dout.new_empty(0)
+    else:
+        g = gamma.to(acc)
+        do, delta, dgamma = dout_a * g, row_dot * g, row_dot.sum().to(gamma.dtype)
+    dq = torch.empty_like(qa)
+    dk = torch.zeros_like(ka)
+    dv = torch.zeros_like(va)
+    rows = _block_rows(batch, n)
+    for start in range(0, n, rows):
+        blk = slice(start, min(n, start + rows))
+        s = torch.bmm(qa[:, :, blk].transpose(1, 2), ka)
+        if scale != 1.0:
+            s.mul_(scale)
+        p = s.sub_(lse[:, blk].to(acc).unsqueeze(-1)).exp_()  # [B, rows, N]
+        do_blk = do[:, :, blk]
+        dv.baddbmm_(do_blk, p)
+        ds = torch.bmm(do_blk.transpose(1, 2), va)  # dP
+        ds.sub_(delta[:, blk].unsqueeze(-1)).mul_(p)
+        if scale != 1.0:
+            ds.mul_(scale)
+        dq[:, :, blk] = torch.bmm(ka, ds.transpose(1, 2))
+        dk.baddbmm_(qa[:, :, blk], ds)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dgamma
+
+
+def _cam_attention(xa: Tensor) -> Tensor:
+    energy = torch.bmm(xa, xa.transpose(1, 2))  # [B, C, C]
+    attn = (energy.amin(dim=-1, keepdim=True) - energy).exp_()  # exp(rowmin(E) - E)
+    return attn.div_(attn.sum(dim=-1, keepdim=True))
+
+
+def cam_forward(x: Tensor, gamma: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    xa = x.to(_acc_dtype(x.dtype))
+    attn = _cam_attention(xa)
+    o = torch.bmm(attn, xa)
+    out = o if gamma is None else torch.addcmul(xa, o, gamma.to(xa.dtype))
+    return out.to(x.dtype), attn
+
+
+def cam_backward(
+    dout: Tensor, x: Tensor, attn: Tensor, gamma: Optional[Tensor]
+) -> tuple[Tensor, Tensor]:
+    """dX through the Gram, the product and the residual; dgamma = Σ dout ∘ (A X)."""
+    acc = attn.dtype
+    xa, da = x.to(acc), dout.to(acc)
+    g = torch.bmm(da, xa.transpose(1, 2))  # dout Xᵀ, [B, C, C]
+    if gamma is None:
+        d_attn, do, dgamma = g, da, dout.new_empty(0)
+    else:
+        ga = gamma.to(acc)
+        d_attn, do, dgamma = g * ga, da * ga, (attn * g).sum().to(gamma.dtype)
+    # softmax of -E: dE = -A ∘ (dA - rowsum(dA ∘ A))
+    d_energy = attn * (d_attn - (d_attn * attn).sum(dim=-1, keepdim=True))
+    d_energy = d_energy.neg_()
+    dx = torch.bmm(attn.transpose(1, 2), do) + torch.bmm(d_energy + d_energy.transpose(1, 2), xa)
+    if gamma is not None:
+        dx.add_(da)
+    return dx.to(x.dtype), dgamma

@@ -1,0 +1,150 @@
+"""The functional API: input validation, then dispatch to a backend.
+
+``position_attention`` and ``channel_attention`` take channel-first tensors as
+convolutions produce them (``[B, C, H, W]`` or ``[B, C, N]``) and return the same layout.
+Bad input raises ``ValueError``/``TypeError`` naming the argument and the shapes before any
+kernel runs.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from danet_ops import backends, ops
+from danet_ops.reference import channel_attention_reference, position_attention_reference
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _check_tensor(name: str, t: object) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() not in (3, 4):
+        raise ValueError(f"{name} must be [B, C, N] or [B, C, H, W], got shape {tuple(t.shape)}")
+    if t.dtype not in DTYPES:
+        raise TypeError(
+            f"{name} must be float32, float16, bfloat16 or float64, got {t.dtype} "
+            f"(shape {tuple(t.shape)})"
+        )
+    if t.numel() == 0:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(t.shape)}")
+    return t
+
+
+def _check_same(name: str, t: Tensor, ref_name: str, ref: Tensor) -> None:
+    if t.dtype != ref.dtype:
+        raise TypeError(f"{name} has dtype {t.dtype} but {ref_name} has {ref.dtype}; they must match")
+    if t.device != ref.device:
+        raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}; they must match")
+
+
+def _check_gamma(gamma: object, ref: Tensor) -> Optional[Tensor]:
+    """gamma as a 0-dim tensor (mmseg's ``Scale`` is 0-dim, the official repo's shape (1,))."""
+    if gamma is None:
+        return None
+    if not isinstance(gamma, Tensor):
+        raise TypeError(f"gamma must be a torch.Tensor with one element or None, got {type(gamma).__name__}")
+    if gamma.numel() != 1:
+        raise ValueError(f"gamma must have exactly one element, got shape {tuple(gamma.shape)}")
+    if not gamma.is_floating_point():
+        raise TypeError(f"gamma must be a floating-point tensor, got {gamma.dtype}")
+    if gamma.device != ref.device:
+        raise ValueError(f"gamma is on {gamma.device} but the inputs are on {ref.device}")
+    return gamma.reshape(())
+
+
+def _flat(t: Tensor) -> Tensor:
+    """``[B, C, H, W]`` -> ``[B, C, N]``, contiguous (a view when it already is)."""
+    return t.reshape(t.shape[0], t.shape[1], -1).contiguous()
+
+
+def _needs_grad(*tensors: Optional[Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def position_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    gamma: Optional[Tensor] = None,
+    residual: Optional[Tensor] = None,
+    scale: float = 1.0,
+    backend: str = "auto",
+) -> Tensor:
+    """DANet's position attention: ``gamma · softmax(scale · qᵀk) · v + residual``.
+
+    Args:
+        query, key: ``[B, Cqk, H, W]`` or ``[B, Cqk, N]``, same shape.
+        value: ``[B, Cv, H, W]`` or ``[B, Cv, N]``, same B and positions as query.
+        gamma: one-element tensor multiplying the attention output (None: no scaling).
+        residual: added to the output, shape of ``value`` (None: nothing added).
+        scale: multiplies the energies; DANet uses 1.0 (no 1/sqrt(d)).
+        backend: ``"auto" | "triton" | "cuda" | "chunked" | "eager"``.
+
+    dtypes float32, float16, bfloat16 (float64 on ``chunked``/``eager``); all inputs share
+    one dtype and device. Returns a tensor of ``value``'s shape and dtype.
+    """
+    query = _check_tensor("query", query)
+    key = _check_tensor("key", key)
+    value = _check_tensor("value", value)
+    if key.shape != query.shape:
+        raise ValueError(f"key must have query's shape {tuple(query.shape)}, got {tuple(key.shape)}")
+    if value.dim() != query.dim() or value.shape[0] != query.shape[0] or value.shape[2:] != query.shape[2:]:
+        raise ValueError(
+            f"value must match query in batch and positions: query {tuple(query.shape)}, "
+            f"value {tuple(value.shape)}"
+        )
+    _check_same("key", key, "query", query)
+    _check_same("value", value, "query", query)
+    if residual is not None:
+        residual = _check_tensor("residual", residual)
+        if residual.shape != value.shape:
+            raise ValueError(
+                f"residual must have value's shape {tuple(value.shape)}, got {tuple(residual.shape)}"
+            )
+        _check_same("residual", residual, "value", value)
+    gamma = _check_gamma(gamma, query)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise TypeError(f"scale must be a finite float, got {scale!r}")
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+
+    batch, n = query.shape[0], math.prod(query.shape[2:])
+    name = backends.resolve(backend, query.device, query.dtype, batch, n, n)
+    q, k, v = _flat(query), _flat(key), _flat(value)
+    res = _flat(residual) if residual is not None else None
+    if name == "eager":
+        out = position_attention_reference(q, k, v, gamma, res, float(scale))
+    else:
+        save_o = _needs_grad(q, k, v, gamma, res)
+        out, _, _ = ops.pam_forward(q, k, v, gamma, res, float(scale), save_o, name)
+    return out.view(value.shape)
+
+
+def channel_attention(x: Tensor, *, gamma: Optional[Tensor] = None, backend: str = "auto") -> Tensor:
+    """DANet's channel attention: ``gamma · softmax(rowmax(E) - E) · X + x`` with ``E = X Xᵀ``.
+
+    Args:
+        x: ``[B, C, H, W]`` or ``[B, C, N]``.
+        gamma: one-element tensor; None returns the attention output without the residual.
+        backend: ``"auto" | "triton" | "cuda" | "chunked" | "eager"``.
+
+    dtypes float32, float16, bfloat16 (float64 on ``chunked``/``eager``). Returns ``x``'s
+    shape and dtype.
+    """
+    x = _check_tensor("x", x)
+    gamma = _check_gamma(gamma, x)
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+    batch, channels = x.shape[0], x.shape[1]
+    name = backends.resolve(backend, x.device, x.dtype, batch, channels, channels)
+    flat = _flat(x)
+    if name == "eager":
+        out = channel_attention_reference(flat, gamma)
+    else:
+        out, _ = ops.cam_forward(flat, gamma, name)
+    return out.view(x.shape)
