@@ -41,8 +41,9 @@ class PAM(nn.Module):
     def __init__(self, in_channels: int, channels: int, backend: str = "auto") -> None:
         super().__init__()
         self.in_channels, self.channels, self.backend = in_channels, channels, backend
-        self.query_project = nn.Conv2d(in_channels, channels, 1)
+        # Registration order as in mmseg (key first), so state_dicts list the same keys in the same order.
         self.key_project = nn.Conv2d(in_channels, channels, 1)
+        self.query_project = nn.Conv2d(in_channels, channels, 1)
         self.value_project = nn.Conv2d(in_channels, in_channels, 1)
         self.gamma = Scale(0.0)
 

@@ -23,3 +23,22 @@ def pam_inputs(batch: int, cqk: int, cv: int, n: int, dtype=torch.float32, devic
     v, residual = make(batch, cv, n), make(batch, cv, n)
     gamma = torch.tensor(0.75, device=device, requires_grad=True)
     return q, k, v, gamma, residual
+
+
+def sum_err(out: Tensor, ref: Tensor, terms: Tensor) -> float:
+    """Error of a reduced value (e.g. dgamma = Σ dout∘o) relative to Σ|terms|.
+
+    A sum of many signed terms cancels, so its own magnitude is no yardstick: rounding
+    error scales with Σ|terms|, the condition of the sum.
+    """
+    return (out.detach().double() - ref.detach().double()).abs().sum().item() / terms.double().abs().sum().item()
+
+
+def grad_errs(grads, ref_grads) -> list:
+    """Max error of each gradient, relative to the largest entry of any reference gradient.
+
+    PAM's key bias has an exactly-zero gradient in theory, so per-tensor relative error
+    is meaningless there; the largest gradient is the yardstick (as for the mmseg fixtures).
+    """
+    biggest = max(g.detach().double().abs().max().item() for g in ref_grads)
+    return [(a.detach().double() - b.detach().double()).abs().max().item() / biggest for a, b in zip(grads, ref_grads)]
