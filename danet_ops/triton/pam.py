@@ -1,0 +1,541 @@
+"""Position attention (PAM) in Triton: forward and backward kernels and their launch code.
+
+Implements ``pam_forward``/``pam_backward`` of the backend contract (``danet_ops.backends``)
+with the same numerics as ``danet_ops.chunked``: energies, softmax statistics and every
+accumulator in fp32 whatever the input dtype.
+
+Tensors stay channel-first ``[B, C, N]`` and are read through their strides, so slices,
+transposes and expanded (stride-0) gradients need no copies. Each kernel picks its tile
+orientation so that loads come straight from that layout:
+
+* ``q`` as ``[BLOCK_M, Cqk]`` (rows = query positions) and ``k`` as ``[Cqk, BLOCK_N]``, so
+  ``S = q·k`` needs no transpose;
+* ``v``/``dout`` as ``[positions, BLOCK_DV]`` or ``[BLOCK_DV, positions]``, whichever the
+  product wants.
+
+Cqk (query/key channels, 64 in DANet) is padded to a power of two and masked. Cv (value
+channels, 512 in DANet) is too wide for one fp32 accumulator per program, so it is tiled:
+see the forward kernel's docstring.
+
+All kernels use ``exp2`` with ``log2(e)`` folded into the energy scale; the saved
+log-sum-exp ``lse`` is in natural-log units, as the contract says.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from danet_ops.triton import interpreter_enabled
+
+# log2(e). Kernels spell it (and ln 2 = 0.6931...) as literals: a @triton.jit function
+# can read only constexpr globals.
+LOG2E = 1.4426950408889634
+
+
+# --- configurations ----------------------------------------------------------------------
+#
+# The interpreter cannot autotune over several configs, so it gets one fixed config (small
+# v tiles so that tests with Cv = 96 cover more than one v block). On a GPU the autotuner
+# picks per (Cqk, Cv, N bucket) and, implicitly, the dtypes of the tensor arguments.
+# The candidates are the usual ones for sm_80/sm_90 attention kernels; which wins (and
+# whether a wider BLOCK_DV beats the extra S recomputation) has to be measured on a GPU.
+
+
+def _configs(gpu_configs: list[dict], interpreter_config: dict) -> list[triton.Config]:
+    if interpreter_enabled():
+        return [triton.Config(interpreter_config, num_warps=4, num_stages=1)]
+    out = []
+    for c in gpu_configs:
+        c = dict(c)
+        warps, stages = c.pop("warps"), c.pop("stages")
+        out.append(triton.Config(c, num_warps=warps, num_stages=stages))
+    return out
+
+
+_INTERPRETER_BLOCKS = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_DV": 64}
+# A config that fits shared memory and registers at the extremes (fp32, Cqk = 256), where
+# the larger ones fail to compile and the autotuner skips them.
+_SMALL = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_DV": 64, "warps": 4, "stages": 1}
+
+_FWD_CONFIGS = _configs(
+    [
+        {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_DV": 128, "warps": 4, "stages": 3},
+        {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_DV": 256, "warps": 8, "stages": 2},
+        {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_DV": 128, "warps": 8, "stages": 3},
+        {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_DV": 64, "warps": 4, "stages": 3},
+        {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_DV": 128, "warps": 8, "stages": 2},
+        {"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_DV": 128, "warps": 4, "stages": 4},
+        _SMALL,
+    ],
+    _INTERPRETER_BLOCKS,
+)
+
+# Backward kernels that own a key block and loop over query blocks (dV, dK[+dQ]).
+_BWD_KV_CONFIGS = _configs(
+    [
+        {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_DV": 64, "warps": 4, "stages": 2},
+        {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_DV": 128, "warps": 4, "stages": 3},
+        {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_DV": 64, "warps": 8, "stages": 2},
+        {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_DV": 128, "warps": 8, "stages": 3},
+        {"BLOCK_M": 32, "BLOCK_N": 128, "BLOCK_DV": 64, "warps": 4, "stages": 3},
+        _SMALL,
+    ],
+    _INTERPRETER_BLOCKS,
+)
+
+# The deterministic dQ kernel owns a query block and loops over key blocks.
+_BWD_Q_CONFIGS = _configs(
+    [
+        {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_DV": 64, "warps": 4, "stages": 2},
+        {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_DV": 128, "warps": 4, "stages": 3},
+        {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_DV": 64, "warps": 8, "stages": 2},
+        {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_DV": 128, "warps": 8, "stages": 3},
+        _SMALL,
+    ],
+    _INTERPRETER_BLOCKS,
+)
+
+_PRE_CONFIGS = _configs(
+    [
+        {"BLOCK_M": 128, "BLOCK_DV": 64, "warps": 4, "stages": 2},
+        {"BLOCK_M": 64, "BLOCK_DV": 128, "warps": 4, "stages": 2},
+    ],
+    {"BLOCK_M": 64, "BLOCK_DV": 64},
+)
+
+_KEY = ["CQK", "CV", "N_BUCKET"]
+
+
+# --- forward -----------------------------------------------------------------------------
+
+
+@triton.autotune(configs=_FWD_CONFIGS, key=_KEY)
+@triton.jit
+def _pam_fwd_kernel(
+    Q, K, V, Gamma, Res, Out, O, Lse,
+    stride_qb, stride_qc, stride_qn,
+    stride_kb, stride_kc, stride_kn,
+    stride_vb, stride_vc, stride_vn,
+    stride_rb, stride_rc, stride_rn,
+    N, CQK, CV, N_BUCKET, qk_scale,
+    HAS_GAMMA: tl.constexpr, HAS_RESIDUAL: tl.constexpr, SAVE_O: tl.constexpr,
+    QK_PRECISION: tl.constexpr, MM_PRECISION: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr,
+):
+    """One program per (query block, v-channel block, batch item): out[:, c-block, m-block].
+
+    Cv is tiled because an fp32 accumulator of BLOCK_M x 512 does not fit in registers.
+    Every v-block program recomputes S = q·k and its exponentials, which is cheap while
+    Cqk is small against Cv (64 vs 512 in DANet: 4 v blocks of 128 cost 1.33x the minimal
+    FLOPs). The alternatives, to be measured on a GPU: one program holding the whole Cv
+    accumulator split over warps/warpgroups (minimal FLOPs, register pressure), or two
+    passes (lse first, then exactly normalised P per v block, no online rescaling).
+
+    Outputs are contiguous [B, Cv, N] (Out, O) and [B, N] (Lse, written by v block 0).
+    """
+    pid_m = tl.program_id(0)
+    pid_v = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    Q += b * stride_qb
+    K += b * stride_kb
+    V += b * stride_vb
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_c = pid_v * BLOCK_DV + tl.arange(0, BLOCK_DV)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_m = offs_m < N
+    mask_c = offs_c < CV
+    mask_d = offs_d < CQK
+
+    # Padded query rows and channels load as 0: finite energies, masked on store.
+    q = tl.load(Q + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qc,
+                mask=mask_m[:, None] & mask_d[None, :], other=0.0)  # [M, D]
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running max, log2 units
+    l_i = tl.zeros([BLOCK_M], tl.float32)  # running sum of exponentials
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    for start_n in range(0, N, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        kt = tl.load(K + offs_d[:, None] * stride_kc + offs_n[None, :] * stride_kn,
+                     mask=mask_d[:, None] & mask_n[None, :], other=0.0)  # [D, N]
+        s = tl.dot(q, kt, input_precision=QK_PRECISION) * qk_scale
+        s = tl.where(mask_n[None, :], s, float("-inf"))
+        # Every key block holds at least one real column, so m_new is finite.
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(V + offs_n[:, None] * stride_vn + offs_c[None, :] * stride_vc,
+                    mask=mask_n[:, None] & mask_c[None, :], other=0.0)  # [N, DV]
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=MM_PRECISION)
+        m_i = m_new
+
+    o = acc / l_i[:, None]
+    b_out = b * CV * N
+    out_offs = b_out + offs_c[None, :] * N + offs_m[:, None]
+    out_mask = mask_m[:, None] & mask_c[None, :]
+    out = o
+    if HAS_GAMMA:
+        out = out * tl.load(Gamma).to(tl.float32)
+    if HAS_RESIDUAL:
+        res = tl.load(Res + b * stride_rb + offs_c[None, :] * stride_rc + offs_m[:, None] * stride_rn,
+                      mask=out_mask, other=0.0)
+        out = out + res.to(tl.float32)
+    tl.store(Out + out_offs, out.to(Out.dtype.element_ty), mask=out_mask)
+    if SAVE_O:
+        tl.store(O + out_offs, o.to(O.dtype.element_ty), mask=out_mask)
+    lse = (m_i + tl.log2(l_i)) * 0.6931471805599453  # natural log
+    tl.store(Lse + b * N + offs_m, lse, mask=mask_m & (pid_v == 0))
+
+
+# --- backward ----------------------------------------------------------------------------
+
+
+@triton.autotune(configs=_PRE_CONFIGS, key=_KEY)
+@triton.jit
+def _pam_bwd_preprocess_kernel(
+    Dout, O, Gamma, Delta, RowDot,
+    stride_db, stride_dc, stride_dn,
+    stride_ob, stride_oc, stride_on,
+    N, CQK, CV, N_BUCKET,
+    HAS_GAMMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr,
+):
+    """row_dot = Σ_c dout·o per query row; delta = gamma·row_dot (the softmax term).
+
+    With dO = gamma·dout the softmax backward needs rowsum(dO∘O) = gamma·row_dot, and
+    dgamma = Σ row_dot, summed afterwards by torch (an ordered, deterministic reduction).
+    """
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < N
+    row_dot = tl.zeros([BLOCK_M], tl.float32)
+    for start_c in range(0, CV, BLOCK_DV):
+        offs_c = start_c + tl.arange(0, BLOCK_DV)
+        mask = mask_m[:, None] & (offs_c < CV)[None, :]
+        dout = tl.load(Dout + b * stride_db + offs_c[None, :] * stride_dc + offs_m[:, None] * stride_dn,
+                       mask=mask, other=0.0)
+        o = tl.load(O + b * stride_ob + offs_c[None, :] * stride_oc + offs_m[:, None] * stride_on,
+                    mask=mask, other=0.0)
+        row_dot += tl.sum(dout.to(tl.float32) * o.to(tl.float32), 1)
+    delta = row_dot
+    if HAS_GAMMA:
+        delta = row_dot * tl.load(Gamma).to(tl.float32)
+        tl.store(RowDot + b * N + offs_m, row_dot, mask=mask_m)
+    tl.store(Delta + b * N + offs_m, delta, mask=mask_m)
+
+
+@triton.autotune(configs=_BWD_KV_CONFIGS, key=_KEY)
+@triton.jit
+def _pam_bwd_dv_kernel(
+    Q, K, Dout, Gamma, Lse, DV,
+    stride_qb, stride_qc, stride_qn,
+    stride_kb, stride_kc, stride_kn,
+    stride_db, stride_dc, stride_dn,
+    N, CQK, CV, N_BUCKET, qk_scale,
+    HAS_GAMMA: tl.constexpr, QK_PRECISION: tl.constexpr, MM_PRECISION: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr,
+):
+    """dV = Pᵀ·dO for one (key block, v-channel block, batch item), looping over queries.
+
+    Works in the transposed orientation, Sᵀ = k·q ([N, M]), so Pᵀ feeds the product
+    directly. Like the forward, each v block recomputes P (Cqk is small against Cv).
+    """
+    pid_n = tl.program_id(0)
+    pid_v = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    Q += b * stride_qb
+    K += b * stride_kb
+    Dout += b * stride_db
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_c = pid_v * BLOCK_DV + tl.arange(0, BLOCK_DV)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_n = offs_n < N
+    mask_c = offs_c < CV
+    mask_d = offs_d < CQK
+
+    k = tl.load(K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kc,
+                mask=mask_n[:, None] & mask_d[None, :], other=0.0)  # [N, D]
+    acc = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+    for start_m in range(0, N, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < N
+        qt = tl.load(Q + offs_d[:, None] * stride_qc + offs_m[None, :] * stride_qn,
+                     mask=mask_d[:, None] & mask_m[None, :], other=0.0)  # [D, M]
+        lse = tl.load(Lse + b * N + offs_m, mask=mask_m, other=0.0) * 1.4426950408889634  # log2 units
+        st = tl.dot(k, qt, input_precision=QK_PRECISION) * qk_scale
+        pt = tl.exp2(st - lse[None, :])
+        pt = tl.where(mask_n[:, None] & mask_m[None, :], pt, 0.0)  # [N, M]
+        dout = tl.load(Dout + offs_m[:, None] * stride_dn + offs_c[None, :] * stride_dc,
+                       mask=mask_m[:, None] & mask_c[None, :], other=0.0)  # [M, DV]
+        acc += tl.dot(pt.to(dout.dtype), dout, input_precision=MM_PRECISION)
+    if HAS_GAMMA:
+        acc = acc * tl.load(Gamma).to(tl.float32)
+    tl.store(DV + b * CV * N + offs_c[None, :] * N + offs_n[:, None],
+             acc.to(DV.dtype.element_ty), mask=mask_n[:, None] & mask_c[None, :])
+
+
+@triton.autotune(configs=_BWD_KV_CONFIGS, key=_KEY, reset_to_zero=["DQ"])
+@triton.jit
+def _pam_bwd_dk_kernel(
+    Q, K, V, Dout, Gamma, Lse, Delta, DK, DQ,
+    stride_qb, stride_qc, stride_qn,
+    stride_kb, stride_kc, stride_kn,
+    stride_vb, stride_vc, stride_vn,
+    stride_db, stride_dc, stride_dn,
+    N, CQK, CV, N_BUCKET, qk_scale, scale,
+    HAS_GAMMA: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+    QK_PRECISION: tl.constexpr, MM_PRECISION: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr,
+):
+    """dK for one (key block, batch item), looping over query blocks; with ATOMIC_DQ also dQ.
+
+    Per query block: Pᵀ from the saved lse, dPᵀ = v·dOᵀ reduced over all of Cv in chunks
+    of BLOCK_DV, dSᵀ = Pᵀ∘(dPᵀ - delta)·scale, dK += dSᵀ·q. With ATOMIC_DQ the same dSᵀ
+    gives this key block's share of dQᵀ = kᵀ·dSᵀ, added atomically into an fp32 buffer
+    (fast, but the order of additions, hence the rounding, varies run to run).
+    """
+    pid_n = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    Q += b * stride_qb
+    K += b * stride_kb
+    V += b * stride_vb
+    Dout += b * stride_db
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_n = offs_n < N
+    mask_d = offs_d < CQK
+
+    k = tl.load(K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kc,
+                mask=mask_n[:, None] & mask_d[None, :], other=0.0)  # [N, D]
+    kt = tl.load(K + offs_d[:, None] * stride_kc + offs_n[None, :] * stride_kn,
+                 mask=mask_d[:, None] & mask_n[None, :], other=0.0)  # [D, N]
+    gamma = 1.0
+    if HAS_GAMMA:
+        gamma = tl.load(Gamma).to(tl.float32)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    for start_m in range(0, N, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < N
+        qt = tl.load(Q + offs_d[:, None] * stride_qc + offs_m[None, :] * stride_qn,
+                     mask=mask_d[:, None] & mask_m[None, :], other=0.0)  # [D, M]
+        q = tl.load(Q + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qc,
+                    mask=mask_m[:, None] & mask_d[None, :], other=0.0)  # [M, D]
+        lse = tl.load(Lse + b * N + offs_m, mask=mask_m, other=0.0) * 1.4426950408889634  # log2 units
+        delta = tl.load(Delta + b * N + offs_m, mask=mask_m, other=0.0)
+        st = tl.dot(k, qt, input_precision=QK_PRECISION) * qk_scale
+        pt = tl.exp2(st - lse[None, :])
+        pt = tl.where(mask_n[:, None] & mask_m[None, :], pt, 0.0)  # [N, M]
+
+        dpt = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+        for start_c in range(0, CV, BLOCK_DV):
+            offs_c = start_c + tl.arange(0, BLOCK_DV)
+            mask_c = offs_c < CV
+            v = tl.load(V + offs_n[:, None] * stride_vn + offs_c[None, :] * stride_vc,
+                        mask=mask_n[:, None] & mask_c[None, :], other=0.0)  # [N, DV]
+            doutt = tl.load(Dout + offs_c[:, None] * stride_dc + offs_m[None, :] * stride_dn,
+                            mask=mask_c[:, None] & mask_m[None, :], other=0.0)  # [DV, M]
+            dpt += tl.dot(v, doutt, input_precision=MM_PRECISION)
+        dst = pt * (dpt * gamma - delta[None, :]) * scale  # [N, M], fp32
+        dk += tl.dot(dst.to(q.dtype), q, input_precision=MM_PRECISION)
+        if ATOMIC_DQ:
+            dqt = tl.dot(kt, dst.to(kt.dtype), input_precision=MM_PRECISION)  # [D, M]
+            tl.atomic_add(DQ + b * CQK * N + offs_d[:, None] * N + offs_m[None, :], dqt,
+                          mask=mask_d[:, None] & mask_m[None, :])
+    tl.store(DK + b * CQK * N + offs_d[None, :] * N + offs_n[:, None],
+             dk.to(DK.dtype.element_ty), mask=mask_n[:, None] & mask_d[None, :])
+
+
+@triton.autotune(configs=_BWD_Q_CONFIGS, key=_KEY)
+@triton.jit
+def _pam_bwd_dq_kernel(
+    Q, K, V, Dout, Gamma, Lse, Delta, DQ,
+    stride_qb, stride_qc, stride_qn,
+    stride_kb, stride_kc, stride_kn,
+    stride_vb, stride_vc, stride_vn,
+    stride_db, stride_dc, stride_dn,
+    N, CQK, CV, N_BUCKET, qk_scale, scale,
+    HAS_GAMMA: tl.constexpr, QK_PRECISION: tl.constexpr, MM_PRECISION: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr,
+):
+    """dQ for one (query block, batch item), looping over key blocks: the deterministic path.
+
+    Recomputes P and dP (the full Cv reduction again, +2·N²·Cv FLOPs over the atomic path)
+    so that each dQ element is summed by one program in a fixed order.
+    """
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    Q += b * stride_qb
+    K += b * stride_kb
+    V += b * stride_vb
+    Dout += b * stride_db
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_m = offs_m < N
+    mask_d = offs_d < CQK
+
+    q = tl.load(Q + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qc,
+                mask=mask_m[:, None] & mask_d[None, :], other=0.0)  # [M, D]
+    lse = tl.load(Lse + b * N + offs_m, mask=mask_m, other=0.0) * 1.4426950408889634  # log2 units
+    delta = tl.load(Delta + b * N + offs_m, mask=mask_m, other=0.0)
+    gamma = 1.0
+    if HAS_GAMMA:
+        gamma = tl.load(Gamma).to(tl.float32)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for start_n in range(0, N, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        kt = tl.load(K + offs_d[:, None] * stride_kc + offs_n[None, :] * stride_kn,
+                     mask=mask_d[:, None] & mask_n[None, :], other=0.0)  # [D, N]
+        k = tl.load(K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kc,
+                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)  # [N, D]
+        s = tl.dot(q, kt, input_precision=QK_PRECISION) * qk_scale
+        p = tl.exp2(s - lse[:, None])
+        p = tl.where(mask_m[:, None] & mask_n[None, :], p, 0.0)  # [M, N]
+
+        dp = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for start_c in range(0, CV, BLOCK_DV):
+            offs_c = start_c + tl.arange(0, BLOCK_DV)
+            mask_c = offs_c < CV
+            dout = tl.load(Dout + offs_m[:, None] * stride_dn + offs_c[None, :] * stride_dc,
+                           mask=mask_m[:, None] & mask_c[None, :], other=0.0)  # [M, DV]
+            vt = tl.load(V + offs_c[:, None] * stride_vc + offs_n[None, :] * stride_vn,
+                         mask=mask_c[:, None] & mask_n[None, :], other=0.0)  # [DV, N]
+            dp += tl.dot(dout, vt, input_precision=MM_PRECISION)
+        ds = p * (dp * gamma - delta[:, None]) * scale  # [M, N], fp32
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=MM_PRECISION)
+    tl.store(DQ + b * CQK * N + offs_d[None, :] * N + offs_m[:, None],
+             dq.to(DQ.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
+
+
+# --- launch code -------------------------------------------------------------------------
+
+
+def _precisions(dtype: torch.dtype) -> tuple[str, str]:
+    """(q·k precision, precision of the other products) for tl.dot.
+
+    fp32 energies are unscaled logits of magnitude ~50 in DANet, where TF32 moves the
+    softmax by percent: always true fp32. The other products may use TF32 only when the
+    user allowed it the PyTorch way (``torch.set_float32_matmul_precision("high")``).
+    Half inputs ignore the setting (tensor cores, fp32 accumulation).
+    """
+    if dtype != torch.float32:
+        return "tf32", "tf32"
+    mm = "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+    return "ieee", mm
+
+
+def _block_d(cqk: int) -> int:
+    # tl.dot needs every dimension >= 16.
+    return max(16, triton.next_power_of_2(cqk))
+
+
+def _n_bucket(n: int) -> int:
+    return triton.next_power_of_2(n)
+
+
+def pam_forward(
+    q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor], residual: Optional[Tensor],
+    scale: float, save_o: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """out = gamma·softmax(scale·qᵀk)·v + residual; see ``danet_ops.backends`` for the contract.
+
+    q, k ``[B, Cqk, N]``, v and residual ``[B, Cv, N]`` (any strides), gamma 0-dim or None.
+    Returns (out ``[B, Cv, N]`` in v's dtype, lse ``[B, N]`` float32, raw o or an empty tensor).
+    """
+    batch, cqk, n = q.shape
+    cv = v.shape[1]
+    has_gamma, has_residual = gamma is not None, residual is not None
+    keep_o = save_o and (has_gamma or has_residual)
+    out = torch.empty((batch, cv, n), dtype=v.dtype, device=v.device)
+    o = torch.empty_like(out) if keep_o else v.new_empty(0)
+    lse = torch.empty((batch, n), dtype=torch.float32, device=q.device)
+    res = residual if has_residual else v
+    qk_precision, mm_precision = _precisions(q.dtype)
+
+    def grid(meta):
+        return (triton.cdiv(n, meta["BLOCK_M"]), triton.cdiv(cv, meta["BLOCK_DV"]), batch)
+
+    _pam_fwd_kernel[grid](
+        q, k, v, gamma if has_gamma else lse, res, out, o if keep_o else out, lse,
+        *q.stride(), *k.stride(), *v.stride(), *res.stride(),
+        n, cqk, cv, _n_bucket(n), float(scale) * LOG2E,
+        HAS_GAMMA=has_gamma, HAS_RESIDUAL=has_residual, SAVE_O=keep_o,
+        QK_PRECISION=qk_precision, MM_PRECISION=mm_precision, BLOCK_D=_block_d(cqk),
+    )
+    return out, lse, o
+
+
+def pam_backward(
+    dout: Tensor, q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor], o: Tensor,
+    lse: Tensor, scale: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of ``gamma·softmax(scale·qᵀk)·v + residual`` with respect to q, k, v, gamma.
+
+    dout ``[B, Cv, N]`` (any strides, stride 0 included), o the raw attention output, lse
+    ``[B, N]`` float32 from the forward. Returns dq, dk, dv in the input dtypes and dgamma
+    0-dim in gamma's dtype (an empty tensor when gamma is None); the residual's gradient
+    is dout itself.
+
+    Default path: dV kernel, then dK with dQ added atomically. Under
+    ``torch.use_deterministic_algorithms(True)``: dV, dK, and a separate dQ kernel that
+    recomputes P and dP, so gradients are bitwise identical run to run.
+    """
+    batch, cqk, n = q.shape
+    cv = v.shape[1]
+    has_gamma = gamma is not None
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    qk_precision, mm_precision = _precisions(q.dtype)
+    precisions = dict(QK_PRECISION=qk_precision, MM_PRECISION=mm_precision, BLOCK_D=_block_d(cqk))
+    sizes = (n, cqk, cv, _n_bucket(n))
+    lse = lse.contiguous()  # indexed as [B, N] (it is, coming from pam_forward)
+    gamma_arg = gamma if has_gamma else lse
+
+    delta = torch.empty((batch, n), dtype=torch.float32, device=q.device)
+    row_dot = torch.empty_like(delta) if has_gamma else delta
+    _pam_bwd_preprocess_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), batch)](
+        dout, o, gamma_arg, delta, row_dot, *dout.stride(), *o.stride(), *sizes,
+        HAS_GAMMA=has_gamma,
+    )
+
+    dv = torch.empty((batch, cv, n), dtype=v.dtype, device=v.device)
+
+    def dv_grid(meta):
+        return (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(cv, meta["BLOCK_DV"]), batch)
+
+    _pam_bwd_dv_kernel[dv_grid](
+        q, k, dout, gamma_arg, lse, dv, *q.stride(), *k.stride(), *dout.stride(),
+        *sizes, float(scale) * LOG2E, HAS_GAMMA=has_gamma, **precisions,
+    )
+
+    dk = torch.empty((batch, cqk, n), dtype=k.dtype, device=k.device)
+    if deterministic:
+        dq = torch.empty((batch, cqk, n), dtype=q.dtype, device=q.device)
+        dq_acc = dq  # unused by the dK kernel without ATOMIC_DQ
+    else:
+        dq_acc = torch.zeros((batch, cqk, n), dtype=torch.float32, device=q.device)
+    strides = (*q.stride(), *k.stride(), *v.stride(), *dout.stride())
+    _pam_bwd_dk_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), batch)](
+        q, k, v, dout, gamma_arg, lse, delta, dk, dq_acc, *strides,
+        *sizes, float(scale) * LOG2E, float(scale),
+        HAS_GAMMA=has_gamma, ATOMIC_DQ=not deterministic, **precisions,
+    )
+    if deterministic:
+        _pam_bwd_dq_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), batch)](
+            q, k, v, dout, gamma_arg, lse, delta, dq, *strides,
+            *sizes, float(scale) * LOG2E, float(scale),
+            HAS_GAMMA=has_gamma, **precisions,
+        )
+    else:
+        dq = dq_acc.to(q.dtype)
+
+    dgamma = row_dot.sum().to(gamma.dtype) if has_gamma else dout.new_empty(0)
+    return dq, dk, dv, dgamma

@@ -1,0 +1,234 @@
+"""The Triton PAM kernels (``backend="triton"``) against the float64 eager reference.
+
+Without a GPU these run under Triton's interpreter (set up by conftest), on CPU tensors:
+small shapes only (the interpreter costs milliseconds per program and key block). The
+interpreter's fixed config uses 64-wide tiles, so N = 221 spans four ragged query/key
+blocks and Cv = 96 or 160 spans two or three v-channel blocks. bf16 ``tl.dot`` is wrong in
+the interpreter: bf16 is covered by tests/test_triton_pam_gpu.py.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import danet_ops
+from danet_ops.triton import unavailable_reason
+from tests.helpers import pam_inputs, rel_err
+
+pytestmark = pytest.mark.skipif(
+    unavailable_reason(torch.device("cuda" if torch.cuda.is_available() else "cpu")) is not None,
+    reason="Triton cannot run here (neither CUDA nor TRITON_INTERPRET=1)",
+)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float32: 1e-5, torch.float16: 1e-2}
+NAMES = ("q", "k", "v", "gamma", "residual")
+
+
+def _pam(backend, q, k, v, gamma, residual, dout, scale=1.0, hw=None):
+    """Output and gradients of every input that requires grad (None for the others)."""
+    shape4 = lambda t: t if hw is None else t.view(*t.shape[:2], *hw)  # noqa: E731
+    out = danet_ops.position_attention(
+        shape4(q), shape4(k), shape4(v), gamma=gamma,
+        residual=None if residual is None else shape4(residual), scale=scale, backend=backend,
+    )
+    out = out.reshape(dout.shape)
+    inputs = [t for t in (q, k, v, gamma, residual) if t is not None and t.requires_grad]
+    grads = iter(torch.autograd.grad(out, inputs, dout))
+    return out, [next(grads) if (t is not None and t.requires_grad) else None
+                 for t in (q, k, v, gamma, residual)]
+
+
+def _reference(q, k, v, gamma, residual, dout, scale=1.0):
+    """The eager reference in float64 on upcast copies of the inputs."""
+    up = [None if t is None else t.detach().double().requires_grad_() for t in (q, k, v, gamma, residual)]
+    return _pam("eager", *up, dout.double(), scale=scale)
+
+
+def _check(out, grads, ref_out, ref_grads, tol):
+    assert torch.isfinite(out).all()
+    assert rel_err(out, ref_out) <= tol, f"out: {rel_err(out, ref_out):.3g}"
+    for name, g, rg in zip(NAMES, grads, ref_grads):
+        if rg is None:
+            continue
+        assert g is not None and torch.isfinite(g).all(), name
+        assert rel_err(g, rg) <= tol, f"d{name}: {rel_err(g, rg):.3g}"
+
+
+# (batch, Cqk, Cv, N, (H, W) or None): ragged N, Cqk not a power of two, Cv over several v tiles.
+SHAPES = [
+    pytest.param(2, 12, 96, 221, (13, 17), id="b2-cqk12-cv96-13x17"),
+    pytest.param(1, 8, 160, 37, None, id="b1-cqk8-cv160-n37"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("epilogue", [True, False], ids=["gamma+residual", "plain"])
+@pytest.mark.parametrize("batch,cqk,cv,n,hw", SHAPES)
+def test_matches_reference(batch, cqk, cv, n, hw, epilogue, dtype):
+    q, k, v, gamma, residual = pam_inputs(batch, cqk, cv, n, dtype=dtype, device=DEVICE)
+    if not epilogue:
+        gamma = residual = None
+    dout = torch.randn(batch, cv, n, device=DEVICE).to(dtype)
+    out, grads = _pam("triton", q, k, v, gamma, residual, dout, hw=hw)
+    assert out.dtype == dtype and out.shape == (batch, cv, n)
+    assert [g.dtype for g in grads[:3]] == [dtype] * 3
+    if epilogue:
+        assert grads[3].shape == () and grads[3].dtype == gamma.dtype
+    _check(out, grads, *_reference(q, k, v, gamma, residual, dout), TOL[dtype])
+
+
+@pytest.mark.parametrize("which", ["gamma", "residual"])
+def test_partial_epilogue(which):
+    q, k, v, gamma, residual = pam_inputs(2, 16, 40, 50, device=DEVICE)
+    if which == "gamma":
+        residual = None
+    else:
+        gamma = None
+    dout = torch.randn(2, 40, 50, device=DEVICE)
+    out, grads = _pam("triton", q, k, v, gamma, residual, dout)
+    _check(out, grads, *_reference(q, k, v, gamma, residual, dout), TOL[torch.float32])
+
+
+def test_scale():
+    q, k, v, gamma, residual = pam_inputs(1, 16, 32, 70, device=DEVICE)
+    dout = torch.randn(1, 32, 70, device=DEVICE)
+    out, grads = _pam("triton", q, k, v, gamma, residual, dout, scale=0.125)
+    _check(out, grads, *_reference(q, k, v, gamma, residual, dout, scale=0.125), TOL[torch.float32])
+
+
+def test_large_logits_fp16():
+    """Unscaled logits of magnitude ~1e3: energies and statistics stay fp32, nothing overflows."""
+    q, k, v, gamma, residual = pam_inputs(1, 16, 32, 100, dtype=torch.float16, device=DEVICE, magnitude=8.0)
+    logits = torch.einsum("bci,bcj->bij", q.double(), k.double())
+    assert logits.abs().max() > 500
+    dout = torch.randn(1, 32, 100, device=DEVICE).half()
+    out, grads = _pam("triton", q, k, v, gamma, residual, dout)
+    _check(out, grads, *_reference(q, k, v, gamma, residual, dout), TOL[torch.float16])
+
+
+def test_sum_backward_matches_explicit_ones():
+    """``out.sum().backward()`` hands the op an expanded, stride-0 gradient."""
+    q, k, v, gamma, residual = pam_inputs(2, 8, 24, 45, device=DEVICE)
+    out = danet_ops.position_attention(q, k, v, gamma=gamma, residual=residual, backend="triton")
+    grads_sum = torch.autograd.grad(out.sum(), (q, k, v, gamma, residual))
+    _, grads_ones = _pam("triton", q, k, v, gamma, residual, torch.ones_like(out))
+    for name, a, b in zip(NAMES, grads_sum, grads_ones):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=name)
+
+
+def test_backward_reads_dout_strides():
+    """The launch code itself takes a stride-0 dout and non-contiguous inputs, no copies."""
+    from danet_ops.triton import pam
+
+    q, k, v, gamma, _ = pam_inputs(2, 8, 24, 45, device=DEVICE)
+    q, k, v, gamma = (t.detach() for t in (q, k, v, gamma))
+    _, lse, o = pam.pam_forward(q, k, v, gamma, None, 1.0, True)
+    ones = torch.ones(1, 1, 1, device=DEVICE).expand(2, 24, 45)
+    assert ones.stride() == (0, 0, 0)
+    expanded = pam.pam_backward(ones, q, k, v, gamma, o, lse, 1.0)
+    dense = pam.pam_backward(ones.contiguous(), q, k, v, gamma, o, lse, 1.0)
+    for name, a, b in zip(NAMES, expanded, dense):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=name)
+
+
+def _transposed_copy(t):
+    """Same values as t, but stored [B, N, C] and viewed back as [B, C, N] (non-contiguous)."""
+    return t.detach().transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def test_non_contiguous_inputs():
+    from danet_ops.triton import pam
+
+    q, k, v, gamma, residual = (t.detach() for t in pam_inputs(2, 12, 40, 60, device=DEVICE))
+    # A channel slice of a wider tensor and transposed storage.
+    wide = torch.randn(2, 20, 60, device=DEVICE)
+    wide[:, 3:15] = q
+    q_view = wide[:, 3:15]
+    k_view, v_view, res_view = _transposed_copy(k), _transposed_copy(v), _transposed_copy(residual)
+    assert not any(t.is_contiguous() for t in (q_view, k_view, v_view, res_view))
+    dout = torch.randn(2, 40, 60, device=DEVICE)
+
+    out, lse, o = pam.pam_forward(q, k, v, gamma, residual, 1.0, True)
+    out_v, lse_v, o_v = pam.pam_forward(q_view, k_view, v_view, gamma, res_view, 1.0, True)
+    for a, b in ((out, out_v), (lse, lse_v), (o, o_v)):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    grads = pam.pam_backward(dout, q, k, v, gamma, o, lse, 1.0)
+    grads_v = pam.pam_backward(_transposed_copy(dout), q_view, k_view, v_view, gamma,
+                               _transposed_copy(o), lse, 1.0)
+    for a, b in zip(grads, grads_v):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+    # And through the public API, gradients flowing back into the views' bases.
+    leaves = [t.clone().requires_grad_() for t in (wide, k, v, residual)]
+    wide_l, k_l, v_l, res_l = leaves
+    out_api = danet_ops.position_attention(
+        wide_l[:, 3:15], k_l.transpose(1, 2).contiguous().transpose(1, 2), v_l, gamma=gamma,
+        residual=res_l, backend="triton",
+    )
+    torch.testing.assert_close(out_api, out, rtol=1e-6, atol=1e-6)
+    dwide = torch.autograd.grad(out_api, wide_l, dout)[0]
+    torch.testing.assert_close(dwide[:, 3:15], grads[0], rtol=1e-6, atol=1e-6)
+    assert (dwide[:, :3] == 0).all() and (dwide[:, 15:] == 0).all()
+
+
+def test_deterministic_bitwise_and_correct():
+    q, k, v, gamma, residual = pam_inputs(2, 12, 96, 130, device=DEVICE)
+    dout = torch.randn(2, 96, 130, device=DEVICE)
+    _, default_grads = _pam("triton", q, k, v, gamma, residual, dout, scale=0.5)
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        out1, grads1 = _pam("triton", q, k, v, gamma, residual, dout, scale=0.5)
+        out2, grads2 = _pam("triton", q, k, v, gamma, residual, dout, scale=0.5)
+    finally:
+        torch.use_deterministic_algorithms(was)
+    assert torch.equal(out1, out2)
+    for name, a, b in zip(NAMES, grads1, grads2):
+        assert torch.equal(a, b), name
+    _check(out1, grads1, *_reference(q, k, v, gamma, residual, dout, scale=0.5), TOL[torch.float32])
+    # The atomic (default) and ordered dQ paths agree to rounding.
+    for name, a, b in zip(NAMES, grads1, default_grads):
+        assert rel_err(a, b) <= 1e-6, name
+
+
+def test_agrees_with_chunked():
+    q, k, v, gamma, residual = pam_inputs(2, 16, 64, 90, device=DEVICE)
+    dout = torch.randn(2, 64, 90, device=DEVICE)
+    out, grads = _pam("triton", q, k, v, gamma, residual, dout)
+    out_c, grads_c = _pam("chunked", q, k, v, gamma, residual, dout)
+    _check(out, grads, out_c, grads_c, 1e-5)
+
+
+def test_forward_contract_matches_chunked():
+    """lse (float32, natural log) and the saved raw output, as the backend contract says."""
+    from danet_ops import chunked
+    from danet_ops.triton import pam
+
+    q, k, v, gamma, residual = (t.detach() for t in pam_inputs(2, 16, 48, 77, device=DEVICE))
+    out, lse, o = pam.pam_forward(q, k, v, gamma, residual, 1.0, True)
+    out_c, lse_c, o_c = chunked.pam_forward(q, k, v, gamma, residual, 1.0, True)
+    assert lse.dtype == torch.float32 and lse.shape == (2, 77)
+    assert rel_err(lse, lse_c) <= 1e-6 and rel_err(o, o_c) <= 1e-6 and rel_err(out, out_c) <= 1e-6
+    # No save_o, or no epilogue: no o.
+    assert pam.pam_forward(q, k, v, gamma, residual, 1.0, False)[2].numel() == 0
+    out_plain, _, o_plain = pam.pam_forward(q, k, v, None, None, 1.0, True)
+    assert o_plain.numel() == 0 and rel_err(out_plain, o_c) <= 1e-6
+
+
+def test_no_grad_forward():
+    q, k, v, gamma, residual = pam_inputs(1, 8, 32, 40, device=DEVICE)
+    with torch.no_grad():
+        out = danet_ops.position_attention(q, k, v, gamma=gamma, residual=residual, backend="triton")
+        ref = danet_ops.position_attention_reference(
+            *(t.double() for t in (q, k, v, gamma, residual))
+        )
+    assert rel_err(out, ref) <= 1e-5
+
+
+def test_nan_in_value_propagates():
+    q, k, v, gamma, residual = (t.detach() for t in pam_inputs(1, 8, 24, 40, device=DEVICE))
+    v[0, 5, 17] = float("nan")
+    out = danet_ops.position_attention(q, k, v, gamma=gamma, residual=residual, backend="triton")
+    assert torch.isnan(out[0, 5]).all()
+    assert torch.isfinite(out[0, :5]).all() and torch.isfinite(out[0, 6:]).all()
