@@ -4,12 +4,13 @@ Submodule names follow mmcv (``conv``, ``bn``) so mmseg checkpoints load unchang
 """
 from __future__ import annotations
 
-from typing import Callable, Union
+from typing import Any, Callable, Mapping, Union
 
 from torch import Tensor, nn
 
-#: A norm layer: "BN", "SyncBN", or a callable ``num_features -> nn.Module``.
-NormSpec = Union[str, Callable[[int], nn.Module]]
+#: A norm layer: "BN", "SyncBN", mmseg's ``norm_cfg`` dict (``{"type": "SyncBN",
+#: "requires_grad": True}``), or a callable ``num_features -> nn.Module``.
+NormSpec = Union[str, Mapping[str, Any], Callable[[int], nn.Module]]
 
 _NORMS = {"BN": nn.BatchNorm2d, "SyncBN": nn.SyncBatchNorm}
 
@@ -21,10 +22,14 @@ def build_norm(norm: NormSpec, num_features: int) -> nn.Module:
     DANet configs train with it); outside ``torch.distributed`` it behaves like "BN", and
     the two have the same state_dict keys.
     """
+    if isinstance(norm, Mapping):  # mmseg's norm_cfg
+        layer = build_norm(norm.get("type", "BN"), num_features)
+        layer.requires_grad_(bool(norm.get("requires_grad", True)))
+        return layer
     if callable(norm):
         return norm(num_features)
     if norm not in _NORMS:
-        raise ValueError(f"norm must be one of {sorted(_NORMS)} or a callable, got {norm!r}")
+        raise ValueError(f"norm must be one of {sorted(_NORMS)}, a norm_cfg dict or a callable, got {norm!r}")
     return _NORMS[norm](num_features)
 
 
