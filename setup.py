@@ -4,6 +4,7 @@ The build needs setuptools only. ``csrc/`` (the CUDA C++ sources) is copied into
 wheel as ``danet_ops/csrc`` and compiled on first use; ``models/``, ``benchmarks/`` and
 ``tests/`` stay in the checkout (DESIGN §2).
 """
+import os
 import shutil
 from pathlib import Path
 
@@ -24,6 +25,51 @@ class BuildPyWithSources(build_py):
             shutil.copytree(src, dst, dirs_exist_ok=True)
 
 
+def cuda_extension_build():
+    """Opt-in ahead-of-time build of the CUDA extension as ``danet_ops._C``.
+
+    Only with ``DANET_OPS_BUILD_CUDA=1`` and only as
+    ``DANET_OPS_BUILD_CUDA=1 pip install --no-build-isolation .`` (torch must already be
+    installed: the isolated build environment deliberately has no torch, DESIGN §5).
+    Without a visible GPU set ``TORCH_CUDA_ARCH_LIST`` (default here: ``8.0;9.0``).
+    Returns (ext_modules, cmdclass additions); without the variable nothing changes and
+    the extension is compiled on first use instead (``danet_ops.cuda.build``).
+    """
+    if os.environ.get("DANET_OPS_BUILD_CUDA") != "1":
+        return [], {}
+    # cpp_extension reads CUDA_HOME when imported: find nvcc first (same order as
+    # danet_ops.cuda.build.find_cuda_home).
+    if not os.environ.get("CUDA_HOME"):
+        nvcc = shutil.which("nvcc")
+        for home in (os.environ.get("CUDA_PATH"), nvcc and str(Path(nvcc).resolve().parent.parent),
+                     "/usr/local/cuda"):
+            if home and (Path(home) / "bin" / "nvcc").is_file() and (
+                    Path(home) / "include" / "cuda_runtime.h").is_file():
+                os.environ["CUDA_HOME"] = home
+                break
+    import torch
+    from torch.utils.cpp_extension import BuildExtension, CUDAExtension
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    include_dirs = [str(ROOT / "csrc")]
+    cuda_home = os.environ.get("CUDA_HOME", "")
+    if not (Path(cuda_home) / "include" / "cublas_v2.h").is_file():
+        # torch's headers may want CUDA library headers that pip's nvidia-* wheels carry.
+        site_packages = Path(torch.__file__).resolve().parent.parent
+        include_dirs += sorted(str(p) for p in site_packages.glob("nvidia/*/include"))
+    ext = CUDAExtension(
+        name="danet_ops._C",
+        sources=["csrc/bindings.cpp", "csrc/pam.cu", "csrc/cam.cu"],
+        include_dirs=include_dirs,
+        # No --use_fast_math: the fp32 softmax needs accurate exp/log.
+        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "-lineinfo"]},
+    )
+    return [ext], {"build_ext": BuildExtension}
+
+
+EXT_MODULES, EXTRA_CMDCLASS = cuda_extension_build()
+
 setup(
     name="danet_ops",
     version="0.1.0",
@@ -40,6 +86,7 @@ setup(
         "triton; platform_system == 'Linux' and platform_machine == 'x86_64'",
     ],
     extras_require={"test": ["pytest>=7", "expecttest"], "plots": ["matplotlib"]},
-    cmdclass={"build_py": BuildPyWithSources},
+    cmdclass={"build_py": BuildPyWithSources, **EXTRA_CMDCLASS},
+    ext_modules=EXT_MODULES,
     zip_safe=False,
 )

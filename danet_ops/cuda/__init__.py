@@ -1,10 +1,60 @@
-"""The ``cuda`` backend: the compiled extension from ``csrc/`` (contract: ``danet_ops.backends``)."""
+"""The ``cuda`` backend: the compiled extension from ``csrc/`` (contract: ``danet_ops.backends``).
+
+The extension is built on first use (``danet_ops.cuda.build``; about a minute, then cached)
+unless the install carries a prebuilt ``danet_ops._C``. Kernels: fp32 accumulation and
+fp32 softmax statistics for float32/float16/bfloat16 inputs; no float64.
+"""
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
+from torch import Tensor
+
+from danet_ops.cuda import build
 
 
 def unavailable_reason(device: torch.device) -> Optional[str]:
-    return "the CUDA extension is not part of this build yet"
+    """None when the extension can run (or be built to run) on ``device``, else why not."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return (
+            f"the CUDA extension runs on CUDA tensors only, not {device.type}; move the tensors "
+            f"with .cuda(), or use backend='chunked' or 'eager' on the CPU"
+        )
+    if build.load.cache_info().currsize or build.prebuilt() is not None:
+        return None  # already loaded (the common case after the first call), or prebuilt
+    return build.toolchain_problem()
+
+
+def _ext():
+    return build.load()
+
+
+def _c(t: Optional[Tensor]) -> Optional[Tensor]:
+    # The kernels index dense [B, C, N] buffers; expanded (stride-0) gradients and slices
+    # are copied here (a no-op for contiguous tensors).
+    return None if t is None else t.contiguous()
+
+
+def pam_forward(q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor], residual: Optional[Tensor],
+                scale: float, save_o: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """q, k ``[B, Cqk, N]``, v/residual ``[B, Cv, N]`` -> (out, lse fp32 ``[B, N]``, raw o or empty)."""
+    return tuple(_ext().pam_forward(_c(q), _c(k), _c(v), _c(gamma), _c(residual), float(scale), bool(save_o)))
+
+
+def pam_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor], o: Tensor,
+                 lse: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """-> (dq, dk, dv, dgamma); o the raw attention output, lse from ``pam_forward``."""
+    return tuple(_ext().pam_backward(_c(dout), _c(q), _c(k), _c(v), _c(gamma), _c(o),
+                                     _c(lse.float()), float(scale)))
+
+
+def cam_forward(x: Tensor, gamma: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """x ``[B, C, N]`` -> (out, attn fp32 ``[B, C, C]``)."""
+    return tuple(_ext().cam_forward(_c(x), _c(gamma)))
+
+
+def cam_backward(dout: Tensor, x: Tensor, attn: Tensor, gamma: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """-> (dx, dgamma)."""
+    return tuple(_ext().cam_backward(_c(dout), _c(x), _c(attn.float()), _c(gamma)))
