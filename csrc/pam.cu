@@ -1,0 +1,149 @@
+// PAM host wrappers: input checks and launches. The kernels, and why they are shaped as
+// they are, are in pam_kernels.cuh.
+#include "common.cuh"
+#include "pam_kernels.cuh"
+
+#include <cmath>
+#include <tuple>
+
+namespace danet {
+namespace {
+
+void check_pam_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  check_input(q, "q", 3);
+  check_input(k, "k", 3);
+  check_input(v, "v", 3);
+  check_float_type(q, "q");
+  check_dtype(k, "k", q.scalar_type());
+  check_dtype(v, "v", q.scalar_type());
+  check_same_device(k, "k", q);
+  check_same_device(v, "v", q);
+  TORCH_CHECK(k.sizes() == q.sizes(), "danet_ops: k must have q's shape ", q.sizes(), ", got ",
+              k.sizes());
+  TORCH_CHECK(v.size(0) == q.size(0) && v.size(2) == q.size(2),
+              "danet_ops: v must match q in batch and positions: q ", q.sizes(), ", v ", v.sizes());
+  TORCH_CHECK(q.size(0) <= 65535, "danet_ops: batch size over 65535 is not supported, got ",
+              q.size(0));
+  TORCH_CHECK(q.size(2) <= (int64_t)1 << 30 && q.size(1) <= 65535 * TILE && v.size(1) <= 65535 * TILE,
+              "danet_ops: PAM sizes out of range: q ", q.sizes(), ", v ", v.sizes());
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pam_forward(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const c10::optional<at::Tensor>& gamma, const c10::optional<at::Tensor>& residual,
+    double scale, bool save_o) {
+  check_pam_inputs(q, k, v);
+  if (residual.has_value()) {
+    check_input(*residual, "residual", 3);
+    check_dtype(*residual, "residual", v.scalar_type());
+    check_same_device(*residual, "residual", q);
+    TORCH_CHECK(residual->sizes() == v.sizes(), "danet_ops: residual must have v's shape ",
+                v.sizes(), ", got ", residual->sizes());
+  }
+  const c10::cuda::CUDAGuard guard(q.device());
+  const auto g = gamma_fp32(gamma, q);
+  const int64_t batch = q.size(0), cqk = q.size(1), cv = v.size(1), n = q.size(2);
+  auto out = at::empty_like(v);
+  auto lse = at::empty({batch, n}, q.options().dtype(at::kFloat));
+  const bool keep_o = save_o && (gamma.has_value() || residual.has_value());
+  auto o = keep_o ? at::empty_like(v) : at::empty({0}, v.options());
+  if (out.numel() == 0 || n == 0) {
+    lse.fill_(-INFINITY);
+    return {out, lse, o};
+  }
+  const dim3 grid(ceil_div(n, TILE), ceil_div(cv, TILE), batch);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  DANET_DISPATCH(v.scalar_type(), "danet_ops.pam_forward", [&] {
+    PamArgs<scalar_t> p{};
+    p.q = q.data_ptr<scalar_t>();
+    p.k = k.data_ptr<scalar_t>();
+    p.v = v.data_ptr<scalar_t>();
+    p.residual = residual.has_value() ? residual->data_ptr<scalar_t>() : nullptr;
+    p.gamma = ptr_or_null(g);
+    p.cqk = cqk;
+    p.cv = cv;
+    p.n = n;
+    p.scale = static_cast<float>(scale);
+    pam_forward_kernel<scalar_t><<<grid, THREADS, 0, stream>>>(
+        p, out.data_ptr<scalar_t>(), keep_o ? o.data_ptr<scalar_t>() : nullptr,
+        lse.data_ptr<float>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {out, lse, o};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pam_backward(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const c10::optional<at::Tensor>& gamma, const at::Tensor& o, const at::Tensor& lse,
+    double scale) {
+  check_pam_inputs(q, k, v);
+  check_input(dout, "dout", 3);
+  check_input(o, "o", 3);
+  check_input(lse, "lse", 2);
+  check_dtype(dout, "dout", v.scalar_type());
+  check_dtype(o, "o", v.scalar_type());
+  check_dtype(lse, "lse", at::kFloat);
+  check_same_device(dout, "dout", q);
+  check_same_device(o, "o", q);
+  check_same_device(lse, "lse", q);
+  TORCH_CHECK(dout.sizes() == v.sizes(), "danet_ops: dout must have v's shape ", v.sizes(),
+              ", got ", dout.sizes());
+  TORCH_CHECK(o.sizes() == v.sizes(), "danet_ops: o (the raw attention output) must have v's shape ",
+              v.sizes(), ", got ", o.sizes());
+  TORCH_CHECK(lse.size(0) == q.size(0) && lse.size(1) == q.size(2),
+              "danet_ops: lse must be [B, N] = [", q.size(0), ", ", q.size(2), "], got ", lse.sizes());
+  const c10::cuda::CUDAGuard guard(q.device());
+  const auto g = gamma_fp32(gamma, q);
+  const int64_t batch = q.size(0), cqk = q.size(1), cv = v.size(1), n = q.size(2);
+  auto dq = at::empty_like(q);
+  auto dk = at::empty_like(k);
+  auto dv = at::empty_like(v);
+  auto rowdot = at::empty({batch, n}, q.options().dtype(at::kFloat));
+  auto delta = at::empty({batch, n}, q.options().dtype(at::kFloat));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  if (batch == 0 || n == 0) {
+    rowdot.zero_();
+    dq.zero_();
+    dk.zero_();
+    dv.zero_();
+  } else {
+    DANET_DISPATCH(v.scalar_type(), "danet_ops.pam_backward", [&] {
+      PamArgs<scalar_t> p{};
+      p.q = q.data_ptr<scalar_t>();
+      p.k = k.data_ptr<scalar_t>();
+      p.v = v.data_ptr<scalar_t>();
+      p.dout = dout.data_ptr<scalar_t>();
+      p.gamma = ptr_or_null(g);
+      p.lse = lse.data_ptr<float>();
+      p.delta = delta.data_ptr<float>();
+      p.cqk = cqk;
+      p.cv = cv;
+      p.n = n;
+      p.scale = static_cast<float>(scale);
+
+      pam_delta_kernel<scalar_t><<<dim3(ceil_div(n, THREADS), batch), THREADS, 0, stream>>>(
+          p.dout, o.data_ptr<scalar_t>(), p.gamma, cv, n, rowdot.data_ptr<float>(),
+          delta.data_ptr<float>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      if (cv > 0) {
+        pam_dv_kernel<scalar_t><<<dim3(ceil_div(n, TILE), ceil_div(cv, TILE), batch), THREADS, 0, stream>>>(
+            p, dv.data_ptr<scalar_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+      if (cqk > 0) {
+        const dim3 grid(ceil_div(n, TILE), ceil_div(cqk, TILE), batch);
+        pam_dqk_kernel<scalar_t, true><<<grid, THREADS, 0, stream>>>(p, dk.data_ptr<scalar_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        pam_dqk_kernel<scalar_t, false><<<grid, THREADS, 0, stream>>>(p, dq.data_ptr<scalar_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    });
+  }
+  at::Tensor dgamma = gamma.has_value() ? sum_to_scalar(rowdot, gamma->scalar_type(), stream)
+                                        : at::empty({0}, dout.options());
+  return {dq, dk, dv, dgamma};
+}
+
+}  // namespace danet

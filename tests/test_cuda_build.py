@@ -1,0 +1,228 @@
+"""The CUDA extension's build path, on any machine.
+
+The compile test builds and links the whole extension for one architecture (sm_90) with
+nvcc, which CI can do without a GPU when torch is a CUDA build and a toolkit is present
+(about 2-3 minutes on 2 cores). It cannot run the kernels: that is tests/test_cuda_gpu.py.
+"""
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+import time
+
+import pytest
+import torch
+
+import danet_ops.cuda as cuda_backend
+from danet_ops import chunked
+from danet_ops.backends import BackendUnavailableError
+from danet_ops.cuda import build
+from helpers import rel_err
+
+EXPECTED_FUNCTIONS = ("pam_forward", "pam_backward", "cam_forward", "cam_backward")
+
+
+def _toolchain_skip_reason():
+    # None, or why this machine cannot build: CPU-only torch, no nvcc, or an nvcc whose
+    # major CUDA version differs from torch's (torch's builder refuses that).
+    return build.toolchain_problem()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """(module, seconds, build dir): one full build for sm_90 into a fresh directory."""
+    reason = _toolchain_skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    root = tmp_path_factory.mktemp("danet_ops_build")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MAX_JOBS", "2")  # nvcc needs ~3 GB per process
+        start = time.perf_counter()
+        module = build.build_extension(arch_list="9.0", build_root=root)
+        elapsed = time.perf_counter() - start
+    return module, elapsed, root
+
+
+def test_compile_and_link_extension_for_sm90(built):
+    module, elapsed, root = built
+    for name in EXPECTED_FUNCTIONS:
+        assert callable(getattr(module, name, None)), f"extension lacks {name}"
+    assert list(root.rglob("*.so")), "no shared library was produced"
+    # Must stay well inside CI's budget (measured about 3 minutes on 2 cores).
+    assert elapsed < 8 * 60, f"the extension took {elapsed:.0f} s to build"
+
+
+def test_extension_rejects_cpu_tensors_with_a_clear_message(built):
+    module = built[0]
+    with pytest.raises(RuntimeError, match="must be a CUDA tensor"):
+        module.cam_forward(torch.randn(1, 4, 8), None)
+    with pytest.raises(RuntimeError, match="must be a CUDA tensor"):
+        module.pam_forward(torch.randn(1, 2, 8), torch.randn(1, 2, 8), torch.randn(1, 4, 8),
+                           None, None, 1.0, False)
+
+
+def test_unavailable_reason_for_cpu_says_how_to_run():
+    reason = cuda_backend.unavailable_reason(torch.device("cpu"))
+    assert reason is not None
+    assert "CUDA tensors" in reason and "chunked" in reason
+
+
+def test_missing_nvcc_gives_a_clear_error(monkeypatch):
+    monkeypatch.setattr(build, "find_cuda_home", lambda: None)
+    monkeypatch.setattr(build, "prebuilt", lambda: None)
+    with pytest.raises(BackendUnavailableError, match="nvcc|CPU-only"):
+        build.build_extension(arch_list="9.0")
+    reason = cuda_backend.unavailable_reason(torch.device("cuda"))
+    assert reason is not None and ("nvcc" in reason or "CPU-only" in reason)
+    assert "install" in reason
+
+
+def test_cpu_only_torch_gives_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with pytest.raises(BackendUnavailableError, match="CPU-only"):
+        build.build_extension(arch_list="9.0")
+
+
+def test_mismatched_nvcc_gives_a_clear_error(monkeypatch):
+    home = build.find_cuda_home()
+    if torch.version.cuda is None or home is None or build.nvcc_version(home) is None:
+        pytest.skip("needs nvcc and a CUDA build of torch")
+    other = "11.8" if not build.nvcc_version(home).startswith("11.") else "12.8"
+    monkeypatch.setattr(torch.version, "cuda", other)
+    with pytest.raises(BackendUnavailableError, match="built with CUDA " + other):
+        build.build_extension(arch_list="9.0")
+
+
+def test_arch_list_parsing():
+    assert build._parse_arch_list("8.0;9.0+PTX") == ["8.0", "9.0+PTX"]
+    assert build._gencode_flags(["9.0+PTX"]) == [
+        "-gencode=arch=compute_90,code=sm_90",
+        "-gencode=arch=compute_90,code=compute_90",
+    ]
+    with pytest.raises(BackendUnavailableError, match="arch"):
+        build._parse_arch_list("Hopper")
+
+
+def test_cache_dir_follows_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("DANET_OPS_CACHE", str(tmp_path / "a"))
+    assert build.cache_root() == tmp_path / "a"
+    monkeypatch.delenv("DANET_OPS_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert build.cache_root() == tmp_path / "xdg" / "danet_ops"
+
+
+def test_sources_are_found():
+    src = build.source_dir()
+    for name in build.SOURCES + build.HEADERS:
+        assert (src / name).is_file()
+
+
+# --- the kernels themselves, on the CPU ----------------------------------------------------
+# csrc/emulation/ compiles the real kernel code as C++ with a thin CUDA shim (a thread per
+# CUDA thread, barriers for __syncthreads and shuffles), so the fp32 kernels' indexing,
+# ragged-edge masking and synchronisation are exercised here without a GPU. fp16/bf16 only
+# change the load/store conversions; those, tensor-level speed and real-GPU memcheck need
+# tests/test_cuda_gpu.py.
+
+EMULATION = build.source_dir() / "emulation"
+
+
+def _gxx():
+    gxx = shutil.which("g++")
+    if gxx is None:
+        pytest.skip("g++ not found: the CPU emulation of the kernels needs a C++20 compiler")
+    return gxx
+
+
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory):
+    gxx = _gxx()
+    lib = tmp_path_factory.mktemp("emu") / "emulate.so"
+    cmd = [gxx, "-std=c++20", "-O2", "-pthread", "-shared", "-fPIC", "-Wno-unknown-pragmas",
+           str(EMULATION / "emulate.cpp"), "-o", str(lib)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return ctypes.CDLL(str(lib))
+
+
+def _ptr(t):
+    return ctypes.c_void_p(0 if t is None else t.data_ptr())
+
+
+def _d(t):
+    return None if t is None else t.double()
+
+
+@pytest.mark.parametrize("shape,scale,with_gamma,with_residual", [
+    ((2, 5, 70, 131), 1.0, True, True),    # ragged N, Cv over one tile, Cqk not a multiple of 16
+    ((1, 16, 64, 64), 0.7, False, False),  # exact tiles, no epilogue, scaled
+    ((1, 70, 20, 67), 1.0, True, False),   # Cqk over one tile
+])
+def test_emulated_pam_kernels_match_chunked(emulated, shape, scale, with_gamma, with_residual):
+    b, cqk, cv, n = shape
+    q, k, v, res, dout = (torch.randn(b, c, n) for c in (cqk, cqk, cv, cv, cv))
+    gamma = torch.tensor(0.75) if with_gamma else None
+    res = res if with_residual else None
+    out, o = torch.full_like(v, float("nan")), torch.full_like(v, float("nan"))
+    lse = torch.full((b, n), float("nan"))
+    i, f = ctypes.c_int, ctypes.c_float
+    emulated.emu_pam_forward(_ptr(q), _ptr(k), _ptr(v), _ptr(res), _ptr(gamma), _ptr(out), _ptr(o),
+                             _ptr(lse), i(b), i(cqk), i(cv), i(n), f(scale))
+    ref_out, ref_lse, ref_o = chunked.pam_forward(_d(q), _d(k), _d(v), _d(gamma), _d(res), scale, True)
+    ref_o = ref_out if ref_o.numel() == 0 else ref_o
+    assert rel_err(out, ref_out) <= 1e-5
+    assert rel_err(o, ref_o) <= 1e-5
+    assert rel_err(lse, ref_lse) <= 1e-5
+
+    dq, dk, dv = (torch.full_like(t, float("nan")) for t in (q, k, v))
+    rowdot, delta, dgamma = torch.empty(b, n), torch.empty(b, n), torch.full((), float("nan"))
+    emulated.emu_pam_backward(_ptr(dout), _ptr(q), _ptr(k), _ptr(v), _ptr(gamma), _ptr(o), _ptr(lse),
+                              _ptr(dq), _ptr(dk), _ptr(dv), _ptr(rowdot), _ptr(delta), _ptr(dgamma),
+                              i(b), i(cqk), i(cv), i(n), f(scale))
+    refs = chunked.pam_backward(_d(dout), _d(q), _d(k), _d(v), _d(gamma), ref_o, ref_lse, scale)
+    for name, got, ref in zip(("dq", "dk", "dv"), (dq, dk, dv), refs):
+        assert rel_err(got, ref) <= 1e-5, name
+    if gamma is not None:
+        assert rel_err(dgamma, refs[3]) <= 1e-5
+
+
+@pytest.mark.parametrize("shape,with_gamma,splits", [
+    ((2, 70, 131), True, 1),
+    ((1, 24, 300), False, 3),  # split-K Gram
+    ((2, 130, 67), True, 2),
+])
+def test_emulated_cam_kernels_match_chunked(emulated, shape, with_gamma, splits):
+    b, c, n = shape
+    x = torch.randn(b, c, n) * (2.0 / n ** 0.5)
+    dout = torch.randn(b, c, n)
+    gamma = torch.tensor(0.7) if with_gamma else None
+    out, attn = torch.full_like(x, float("nan")), torch.full((b, c, c), float("nan"))
+    ws = torch.empty(splits * b * c * c)
+    i = ctypes.c_int
+    emulated.emu_cam_forward(_ptr(x), _ptr(gamma), _ptr(out), _ptr(attn), _ptr(ws), i(b), i(c), i(n), i(splits))
+    ref_out, ref_attn = chunked.cam_forward(_d(x), _d(gamma))
+    assert rel_err(out, ref_out) <= 1e-5
+    assert rel_err(attn, ref_attn) <= 1e-5
+
+    dx, de = torch.full_like(x, float("nan")), torch.empty(b, c, c)
+    rowpart, dgamma = torch.empty(b * c), torch.full((), float("nan"))
+    emulated.emu_cam_backward(_ptr(dout), _ptr(x), _ptr(attn), _ptr(gamma), _ptr(dx), _ptr(de),
+                              _ptr(rowpart), _ptr(dgamma), _ptr(ws), i(b), i(c), i(n), i(splits))
+    ref_dx, ref_dgamma = chunked.cam_backward(_d(dout), _d(x), ref_attn, _d(gamma))
+    assert rel_err(dx, ref_dx) <= 1e-5
+    if gamma is not None:
+        assert rel_err(dgamma, ref_dgamma) <= 1e-5
+
+
+def test_emulated_kernels_stay_in_bounds_under_address_sanitizer(tmp_path):
+    gxx = _gxx()
+    exe = tmp_path / "memcheck"
+    cmd = [gxx, "-std=c++20", "-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer",
+           "-pthread", "-Wno-unknown-pragmas", str(EMULATION / "memcheck_main.cpp"), "-o", str(exe)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0 and "asan" in result.stderr.lower():
+        pytest.skip(f"no AddressSanitizer runtime for g++: {result.stderr[-300:]}")
+    assert result.returncode == 0, result.stderr[-4000:]
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and "memcheck ok" in run.stdout, (run.stdout + run.stderr)[-4000:]
