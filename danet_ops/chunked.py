@@ -17,8 +17,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-# Elements of one [B, block, N] attention chunk: 2**23 fp32 values = 32 MiB per buffer.
-CHUNK_ELEMENTS = 1 << 23
+# Elements of one [B, block, N] attention chunk: 2**22 fp32 values = 16 MiB per buffer
+# (backward holds two). Smaller blocks cost time on the CPU; larger ones memory.
+CHUNK_ELEMENTS = 1 << 22
 
 
 def unavailable_reason(device: torch.device) -> Optional[str]:
@@ -30,6 +31,7 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _block_rows(batch: int, n: int) -> int:
+    """Rows (or columns) per block: CHUNK_ELEMENTS per buffer, a multiple of 64 when it can."""
     rows = max(1, CHUNK_ELEMENTS // max(1, batch * n))
     if rows >= 64:
         rows -= rows % 64
@@ -48,6 +50,7 @@ def pam_forward(
     q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor], residual: Optional[Tensor],
     scale: float, save_o: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
+    """Blocks of query rows, each a full softmax row at once: no online rescaling."""
     batch, _, n = q.shape
     acc = _acc_dtype(q.dtype)
     qa, ka, va = q.to(acc), k.to(acc), v.to(acc)
@@ -56,53 +59,60 @@ def pam_forward(
     rows = _block_rows(batch, n)
     for start in range(0, n, rows):
         blk = slice(start, min(n, start + rows))
-        s = torch.bmm(qa[:, :, blk].transpose(1, 2), ka)  # [B, rows, N]
-        if scale != 1.0:
-            s.mul_(scale)
-        row_max = s.amax(dim=-1, keepdim=True)
-        p = s.sub_(row_max).exp_()
-        row_sum = p.sum(dim=-1, keepdim=True)
-        lse[:, blk] = (row_max + row_sum.log()).squeeze(-1)
-        o[:, :, blk] = torch.bmm(va, p.transpose(1, 2)) / row_sum.transpose(1, 2)
+        s = _energies(qa, ka, blk, scale)  # [B, rows, N]
+        row_max, argmax = s.max(dim=-1, keepdim=True)
+        p = torch.softmax(s, dim=-1)  # one fused pass: memory-bound passes dominate on the CPU
+        # lse = max(s) - log(p at the max), as p there is 1/Σexp(s - max(s)) >= 1/N.
+        lse[:, blk] = (row_max - p.gather(-1, argmax).log()).squeeze(-1)
+        o[:, :, blk] = torch.bmm(va, p.transpose(1, 2))
+        del s, p
     has_epilogue = gamma is not None or residual is not None
     out = _epilogue(o, gamma, residual).to(v.dtype)
     saved_o = o.to(v.dtype) if (save_o and has_epilogue) else v.new_empty(0)
     return out, lse, saved_o
 
 
+def _energies(qa: Tensor, ka: Tensor, blk: slice, scale: float) -> Tensor:
+    """scale · q[:, :, blk]ᵀ k, ``[B, rows, N]``: one expression for forward and backward, so
+    the recomputed energies are bitwise those of the forward (matters at large logits)."""
+    s = torch.bmm(qa[:, :, blk].transpose(1, 2), ka)
+    return s.mul_(scale) if scale != 1.0 else s
+
+
 def pam_backward(
     dout: Tensor, q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor], o: Tensor,
     lse: Tensor, scale: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of ``gamma * softmax(scale·qᵀk)·v + residual``; o is the raw attention output."""
+    """Gradients of ``gamma * softmax(scale·qᵀk)·v + residual``; o is the raw attention output.
+
+    Per block of query rows, with P recomputed (the saved lse is for the kernel backends):
+    ``dS' = P ∘ (doutᵀV - rowdot)``; dV += dout·P, dK += q·dS', dQ = k·dS'ᵀ. gamma and scale
+    are linear factors, applied once to the small results instead of to dout or dS.
+    """
     batch, _, n = q.shape
     acc = _acc_dtype(q.dtype)
     qa, ka, va = q.to(acc), k.to(acc), v.to(acc)
-    dout_a, o_a = dout.to(acc), o.to(acc)
-    row_dot = (dout_a * o_a).sum(dim=1)  # [B, N]: Σ_c dout·o
-    if gamma is None:
-        do, delta, dgamma = dout_a, row_dot, dout.new_empty(0)
-    else:
-        g = gamma.to(acc)
-        do, delta, dgamma = dout_a * g, row_dot * g, row_dot.sum().to(gamma.dtype)
+    dout_a = dout.to(acc)
+    row_dot = torch.linalg.vecdot(dout_a, o.to(acc), dim=1)  # [B, N]: Σ_c dout·o
+    neg_row_dot = row_dot.neg().unsqueeze(-1)  # [B, N, 1]
     dq = torch.empty_like(qa)
     dk = torch.zeros_like(ka)
     dv = torch.zeros_like(va)
     rows = _block_rows(batch, n)
     for start in range(0, n, rows):
         blk = slice(start, min(n, start + rows))
-        s = torch.bmm(qa[:, :, blk].transpose(1, 2), ka)
-        if scale != 1.0:
-            s.mul_(scale)
-        p = s.sub_(lse[:, blk].to(acc).unsqueeze(-1)).exp_()  # [B, rows, N]
-        do_blk = do[:, :, blk]
-        dv.baddbmm_(do_blk, p)
-        ds = torch.bmm(do_blk.transpose(1, 2), va)  # dP
-        ds.sub_(delta[:, blk].unsqueeze(-1)).mul_(p)
-        if scale != 1.0:
-            ds.mul_(scale)
+        # Recomputed with the forward's own expressions, so P is bitwise the forward's.
+        p = torch.softmax(_energies(qa, ka, blk, scale), dim=-1)  # [B, rows, N]
+        dout_blk = dout_a[:, :, blk]
+        dv.baddbmm_(dout_blk, p)
+        ds = torch.baddbmm(neg_row_dot[:, blk], dout_blk.transpose(1, 2), va).mul_(p)  # dS'
         dq[:, :, blk] = torch.bmm(ka, ds.transpose(1, 2))
         dk.baddbmm_(qa[:, :, blk], ds)
+    if gamma is None:
+        g, dgamma = 1.0, dout.new_empty(0)
+    else:
+        g, dgamma = gamma.to(acc), row_dot.sum().to(gamma.dtype)
+    dq, dk, dv = dq.mul_(g * scale), dk.mul_(g * scale), dv.mul_(g)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dgamma
 
 
