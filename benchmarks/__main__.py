@@ -1,0 +1,71 @@
+"""Run the benchmarks: ``python -m benchmarks [--ops pam,cam,model] [--full | --quick] ...``
+
+Without a GPU, the default run uses the CPU with sizes that finish in a few minutes on
+two cores: the issue-2 headline (PAM forward+backward at B=1, C=512, Cqk=64, 64×128, fp32:
+eager vs chunked vs SDPA, peak extra memory and median time) with smaller N for the curve,
+CAM at a few sizes, and a reduced-size model run. With a GPU it runs DANet's shapes
+(B=2, C=512, Cqk=64; N = 4096, 8192, 9409, 32768; fp32 and bf16) and the R-50/R-101
+Cityscapes models. ``--full`` runs the whole sweep. Results go to
+``benchmarks/results/<device-slug>/{pam,cam,model}.{md,csv,png}`` (or ``--out DIR``).
+Each op script also runs alone: ``python -m benchmarks.bench_pam --help``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from benchmarks import bench_cam, bench_model, bench_pam, common
+
+OPS = {"pam": bench_pam, "cam": bench_cam, "model": bench_model}
+
+
+def headline(rows: list[dict]) -> None:
+    """Print the PAM rows at the largest N measured in fwdbwd fp32 (issue 2's table)."""
+    sel = [r for r in rows if r["mode"] == "fwdbwd" and r["dtype"] == "fp32"]
+    if not sel:
+        return
+    n = max(r["N"] for r in sel)
+    sel = [r for r in sel if r["N"] == n]
+    print(f"\nPAM fwd+bwd, fp32, B={sel[0]['B']}, C={sel[0]['C']}, Cqk={sel[0]['Cqk']}, "
+          f"{sel[0]['shape']} (N={n}):")
+    print(f"  {'backend':10s} {'median ms':>12s} {'peak extra MiB':>15s} {'speedup':>8s} {'mem ratio':>9s}")
+    for r in sel:
+        if r["status"] != "ok":
+            print(f"  {r['backend']:10s} {r['status']}")
+            continue
+        print(f"  {r['backend']:10s} {r['ms']:12.1f} {r['peak_mib']:15.1f} "
+              f"{common.fmt(r['speedup_vs_eager']):>8s} {common.fmt(r['mem_vs_eager']):>9s}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ops", default="pam,cam,model", help="which benchmarks: pam,cam,model")
+    common.add_common_args(parser)
+    args = parser.parse_args(argv)
+    ops = common.split_list(args.ops)
+    unknown = [o for o in ops if o not in OPS]
+    if unknown:
+        parser.error(f"--ops takes {','.join(OPS)}, got {unknown}")
+    device = common.pick_device(args.device)
+    env = common.environment(device)
+    print(f"device: {env['device']} ({device.type}); torch {env['torch']}, triton {env['triton']}; "
+          f"results under {common.output_dir(args.out, device)}", flush=True)
+    peak = common.matmul_peak_tflops(device) if any(o in ("pam", "cam") for o in ops) else None
+    if peak:
+        print(f"measured dense bf16 matmul peak: {peak:.0f} TFLOP/s")
+    start = time.perf_counter()
+    results = {}
+    for op in ops:
+        t0 = time.perf_counter()
+        results[op] = OPS[op].run(args, device, env, peak)
+        print(f"{op}: done in {time.perf_counter() - t0:.1f} s", flush=True)
+    if results.get("pam"):
+        headline(results["pam"])
+    print(f"\ntotal {time.perf_counter() - start:.1f} s")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

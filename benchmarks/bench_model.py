@@ -1,0 +1,317 @@
+"""Model-level benchmark in the mmseg model zoo's columns: training memory (GB) at batch 2
+and the training crop, inference fps at batch 1 on the test-time input, for DANet
+R-50-D8 / R-101-D8 with the attention on eager (mmseg's math) vs fused (backend "auto"),
+in fp32 and AMP.
+
+    python -m benchmarks.bench_model [--presets danet_r50-d8_4xb2-40k_cityscapes-512x1024,...]
+
+Training step: forward of the full segmentor (decode + auxiliary heads), DANet's losses,
+backward, SGD step (lr 0.01, momentum 0.9, weight decay 5e-4, as mmseg). Inference:
+``models.inference`` on one image in the preset's test mode (whole 1024×2048 for the
+Cityscapes 512×1024 configs, 769×769 sliding windows with stride 513 for the 769×769 ones).
+On the CPU, real sizes are far too slow: inputs are scaled by ``--scale`` (default 0.125).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+from benchmarks import common
+
+MODULE = "benchmarks.bench_model"
+TITLE = "DANet model benchmark (mmseg model-zoo columns)"
+GPU_PRESETS = [
+    "danet_r50-d8_4xb2-40k_cityscapes-512x1024",
+    "danet_r101-d8_4xb2-40k_cityscapes-512x1024",
+    "danet_r50-d8_4xb2-40k_cityscapes-769x769",
+    "danet_r101-d8_4xb2-40k_cityscapes-769x769",
+]
+FULL_EXTRA_PRESETS = [
+    "danet_r50-d8_4xb4-80k_ade20k-512x512",
+    "danet_r101-d8_4xb4-80k_ade20k-512x512",
+    "danet_r50-d8_4xb4-20k_voc12aug-512x512",
+    "danet_r101-d8_4xb4-20k_voc12aug-512x512",
+]
+CPU_PRESETS = ["danet_r50-d8_4xb2-40k_cityscapes-512x1024"]
+# CPU default input scale: Cityscapes 512x1024 crop -> 64x128, whole test image -> 128x256.
+CPU_SCALE = 0.125
+TINY = "tiny"  # models.build_tiny_danet, for --quick
+TRAIN_BATCH = 2
+# Raw image size before the test Resize: Cityscapes images are 1024x2048; for ADE20K/VOC
+# (images of varying size) a crop-sized image stands in.
+CITYSCAPES_IMAGE = (1024, 2048)
+
+
+def models_available() -> str | None:
+    """None if ``models`` imports with what this script needs, else why not."""
+    try:
+        import models  # noqa: F401
+        from models import build_danet, danet_loss, get_preset, inference  # noqa: F401
+    except Exception as exc:  # ImportError, or a half-written package
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _round8(x: float) -> int:
+    return max(8, int(round(x / 8)) * 8)
+
+
+def shapes(preset_name: str, scale: float) -> dict:
+    """Training crop, test image, test mode and slide windows, scaled by ``scale``."""
+    if preset_name == TINY:
+        s = _round8(64 * scale)
+        return dict(crop=(s, s), test=(s, s), mode="whole", win=None, stride=None, classes=5)
+    from models import get_preset
+    from models.inference import keep_ratio_size
+
+    p = get_preset(preset_name)
+    raw = CITYSCAPES_IMAGE if p.dataset == "cityscapes" else p.crop_size
+    test = keep_ratio_size(raw[0], raw[1], p.test_scale)
+    out = dict(crop=tuple(_round8(c * scale) for c in p.crop_size), mode=p.test_mode,
+               test=tuple(t if scale == 1 else _round8(t * scale) for t in test),
+               win=None, stride=None, classes=p.num_classes)
+    if p.test_mode == "slide":
+        out["win"] = tuple(t if scale == 1 else _round8(t * scale) for t in p.test_crop)
+        out["stride"] = tuple(t if scale == 1 else _round8(t * scale) for t in p.test_stride)
+    return out
+
+
+def build_configs(args: argparse.Namespace, device: torch.device) -> list[dict]:
+    cuda = device.type == "cuda"
+    if args.presets:
+        presets = common.split_list(args.presets)
+    elif args.quick:
+        presets = [TINY]
+    elif cuda:
+        presets = GPU_PRESETS + (FULL_EXTRA_PRESETS if args.full else [])
+    else:
+        presets = GPU_PRESETS if args.full else CPU_PRESETS
+    scale = args.scale if args.scale else (1.0 if cuda or args.quick else CPU_SCALE)
+    backends = common.split_list(args.backends) or ["eager", "auto"]
+    backends = [b for b in backends if b in ("eager", "auto", "chunked", "triton", "cuda")]
+    precisions = common.split_list(args.dtypes) or (["fp32", "amp"] if cuda else ["fp32"])
+    precisions = ["amp" if p in ("bf16", "fp16", "amp") else p for p in dict.fromkeys(precisions)]
+    configs = []
+    for name in presets:
+        s = shapes(name, scale)
+        for precision in dict.fromkeys(precisions):
+            for backend in backends:
+                configs.append(dict(
+                    op="model", preset=name, backend=backend, precision=precision, scale=scale,
+                    crop=f"{s['crop'][0]}x{s['crop'][1]}", test=f"{s['test'][0]}x{s['test'][1]}",
+                    test_mode=s["mode"] + (f" {s['win'][0]}x{s['win'][1]}/{s['stride'][0]}"
+                                           if s["win"] else ""),
+                    device=str(device), threads=args.threads,
+                    amp_dtype="bf16", warmup=args.warmup if args.warmup is not None else (2 if cuda else 1),
+                    rep=args.rep if args.rep is not None else (1 if args.quick or not cuda else 5),
+                ))
+    return configs
+
+
+def _build(cfg: dict, device: torch.device):
+    from models import build_danet, build_tiny_danet
+
+    if cfg["preset"] == TINY:
+        model = build_tiny_danet(attention_backend=cfg["backend"])
+    else:
+        model = build_danet(cfg["preset"], attention_backend=cfg["backend"])
+    return model.to(device)
+
+
+def _timed(fn, device: torch.device, warmup: int, rep: int, peak_fn) -> tuple[float, int]:
+    """Warm up, then ``rep`` timed calls, the first under ``peak_fn`` (memory); median ms."""
+    for _ in range(max(1, warmup)):
+        fn()
+    common.synchronize(device)
+    common.free_memory(device)
+    t0 = time.perf_counter()
+    peak = peak_fn(fn)
+    common.synchronize(device)
+    times = [(time.perf_counter() - t0) * 1e3]
+    for _ in range(max(1, rep) - 1):
+        common.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        common.synchronize(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    return times[len(times) // 2], peak
+
+
+def _total_peak_bytes(fn, device: torch.device, base: int) -> int:
+    """Peak of everything allocated during one call, above ``base`` (live before the model)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    common.reset_peak_rss()
+    fn()
+    return common._proc_status_kb("VmHWM") * 1024 - base
+
+
+def _live_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device)
+    return common._proc_status_kb("VmRSS") * 1024
+
+
+def runner(cfg: dict, device: torch.device) -> dict:
+    """Train-step memory/time and inference fps of one (preset, backend, precision)."""
+    from models import danet_loss, inference
+
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as mmseg's default runtime
+    s = shapes(cfg["preset"], cfg["scale"])
+    amp = cfg["precision"] == "amp"
+    amp_dtype = common.DTYPES[cfg["amp_dtype"]]
+    result = {"status": "ok"}
+    base = _live_bytes(device)  # before the model: weights, grads, momenta count as in mmseg
+    model = optimizer = None
+    try:
+        torch.manual_seed(0)
+        model = _build(cfg, device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        h, w = s["crop"]
+        images = torch.randn(TRAIN_BATCH, 3, h, w, device=device)
+        labels = torch.randint(0, s["classes"], (TRAIN_BATCH, h, w), device=device)
+        labels[:, : h // 8] = 255  # some ignored pixels, as real labels have
+        scaler = torch.amp.GradScaler(device.type) if (amp and amp_dtype == torch.float16) else None
+
+        def train_step():
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+                losses = danet_loss(model(images), labels, model.align_corners)
+            if scaler is None:
+                losses["loss"].backward()
+                optimizer.step()
+            else:
+                scaler.scale(losses["loss"]).backward()
+                scaler.step(optimizer)
+                scaler.update()
+
+        model.train()
+        # Peak of a whole step over everything the run owns (mmseg's "Mem (GB)").
+        ms, peak_total = _timed(train_step, device, cfg["warmup"], cfg["rep"],
+                                lambda fn: _total_peak_bytes(fn, device, base))
+        result.update(train_ms=ms, train_mem_gb=peak_total / 2**30,
+                      mem_method="cuda-allocator" if device.type == "cuda" else "rss-hwm-reset")
+    except Exception as exc:
+        result = {"status": "train " + common.short_error(exc)}
+    optimizer = None
+    if model is not None:
+        model.zero_grad(set_to_none=True)
+    common.free_memory(device)
+    try:
+        if model is None:
+            raise RuntimeError("model not built")
+        model.eval()
+        th, tw = s["test"]
+        image = torch.randn(1, 3, th, tw, device=device)
+
+        def infer():
+            with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+                inference(model, image, s["mode"], s["win"], s["stride"])
+
+        ms, peak = _timed(infer, device, cfg["warmup"], cfg["rep"],
+                          lambda fn: common.peak_extra_bytes(fn, device)[0])
+        result.update(infer_ms=ms, fps=1000.0 / ms, infer_peak_gb=peak / 2**30)
+    except Exception as exc:
+        msg = "infer " + common.short_error(exc)
+        result["status"] = msg if result["status"] == "ok" else result["status"] + "; " + msg
+    del model
+    common.free_memory(device)
+    parts = []
+    if "train_mem_gb" in result:
+        parts.append(f"train {result['train_mem_gb']:.2f} GB, {result['train_ms']:.0f} ms/step")
+    if "fps" in result:
+        parts.append(f"inference {result['fps']:.3g} fps")
+    if result["status"] != "ok":
+        parts.append(result["status"])
+    result["summary"] = ", ".join(parts)
+    return result
+
+
+def describe(cfg: dict) -> str:
+    return f"{cfg['preset']} {cfg['backend']} {cfg['precision']} (crop {cfg['crop']}, test {cfg['test']})"
+
+
+COLUMNS = [
+    ("preset", "config"), ("backend", "attention"), ("precision", "precision"),
+    ("crop", "train crop"), ("test", "test input"), ("test_mode", "test mode"),
+    ("train_mem_gb", "Mem (GB), train B=2"), ("train_ms", "train ms/step"),
+    ("fps", "Inf time (fps), B=1"), ("infer_peak_gb", "inference peak extra (GB)"),
+    ("mem_vs_eager", "train mem vs eager (×)"), ("fps_vs_eager", "fps vs eager (×)"),
+    ("status", "status"),
+]
+CSV_COLUMNS = [k for k, _ in COLUMNS] + ["infer_ms", "scale", "amp_dtype", "mem_method", "device"]
+
+
+def notes(device: torch.device, configs: list[dict]) -> list[str]:
+    scale = configs[0]["scale"] if configs else 1.0
+    out = [
+        "attention: 'eager' = mmseg's math (danet_ops backend 'eager'); 'auto' = the fused "
+        "danet_ops backend auto picks on this device "
+        + ("(Triton, else the CUDA extension)." if device.type == "cuda"
+           else "(on CPU: eager for small attention matrices, chunked above that)."),
+        "Mem (GB): training step (forward, losses, backward, SGD momentum step) at batch 2 on "
+        "the training crop; peak over everything the run allocated since before the model "
+        "was built (weights, gradients, momenta, activations), as mmseg's max_memory_allocated.",
+        "Inf time (fps): batch 1, one test image in the preset's test mode "
+        "(whole, or slide with window/stride), median of the timed repeats after warm-up.",
+        "precision 'amp': torch.autocast bf16 (weights fp32).",
+        "Random weights and inputs; the numbers measure cost, not accuracy.",
+    ]
+    if scale != 1.0:
+        out.insert(0, f"**Reduced inputs**: every crop, test image and slide window is scaled "
+                      f"by {scale} (rounded to multiples of 8) — real sizes are far too slow on "
+                      f"this device. Compare rows with each other, not with the model zoo.")
+    if device.type == "cuda":
+        out.append("Timing: CUDA-synchronised wall clock per call, median. " + common.CUDA_MEMORY_METHOD)
+    else:
+        out.append("Timing: time.perf_counter per call, median. CPU memory: each config runs in "
+                   "a fresh process; train Mem = VmHWM during one step (peak mark reset just "
+                   "before it) − VmRSS before the model was built.")
+    return out
+
+
+def run(args: argparse.Namespace, device: torch.device, env: dict, peak_tflops=None) -> list[dict]:
+    why = models_available()
+    if why is not None:
+        print(f"model benchmark skipped: the models package does not import ({why})")
+        return []
+    configs = build_configs(args, device)
+    print(f"model: {len(configs)} configs on {env['device']}", flush=True)
+    rows = common.sweep(MODULE, runner, configs, device, not args.no_isolate, args.timeout, describe)
+    base = {}
+    for r in rows:
+        if r["backend"] == "eager":
+            base[(r["preset"], r["precision"])] = r
+    for r in rows:
+        b = base.get((r["preset"], r["precision"]), {})
+        r["mem_vs_eager"] = (r["train_mem_gb"] / b["train_mem_gb"]
+                             if r.get("train_mem_gb") and b.get("train_mem_gb") else None)
+        r["fps_vs_eager"] = r["fps"] / b["fps"] if r.get("fps") and b.get("fps") else None
+    out = common.output_dir(args.out, device)
+    common.write_markdown(out / "model.md", TITLE, env, notes(device, configs), COLUMNS, rows)
+    common.write_csv(out / "model.csv", CSV_COLUMNS, rows)
+    print(f"  wrote {out / 'model.md'} and .csv")
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_common_args(parser)
+    args = parser.parse_args(argv)
+    if args.one_config:
+        common.child_main(runner, args.one_config)
+        return
+    device = common.pick_device(args.device)
+    run(args, device, common.environment(device))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,182 @@
+"""PAM (position attention) op benchmark: every danet_ops backend on the device against
+eager (mmseg's math), torch.compile of eager, and SDPA.
+
+    python -m benchmarks.bench_pam [--sizes 64x128,97x97] [--dtypes fp32,bf16] [--modes fwd,fwdbwd] ...
+
+Forward: ``gamma · softmax(qᵀk) · v + x``. Forward+backward: the same, then gradients
+w.r.t. q, k, v, gamma and x for a random ``dout`` (``torch.autograd.grad``).
+FLOPs: forward ``2·B·N²·(Cqk + C)``; forward+backward counted as 3× forward.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks import common
+
+MODULE = "benchmarks.bench_pam"
+TITLE = "PAM (position attention) op benchmark"
+BASELINES = ["compile", "sdpa"]
+
+
+def plan(args: argparse.Namespace, device: torch.device) -> dict:
+    """Shapes, dtypes and modes of this run: --quick, the default, or --full."""
+    cuda = device.type == "cuda"
+    if args.quick:
+        p = dict(batch=1, channels=32, qk=8, sizes="8x8,12x16", dtypes="fp32", modes="fwd,fwdbwd")
+    elif cuda:
+        p = dict(batch=2, channels=512, qk=64, sizes="64x64,64x128,97x97,128x256",
+                 dtypes="fp32,fp16,bf16" if args.full else "fp32,bf16", modes="fwd,fwdbwd")
+        if args.full:
+            p["sizes"] = "32x32,48x64," + p["sizes"]
+    elif args.full:
+        p = dict(batch=2, channels=512, qk=64, sizes="32x32,48x64,64x64,64x128,97x97,128x256",
+                 dtypes="fp32", modes="fwd,fwdbwd")
+    else:
+        # The issue-2 headline on CPU: B=1, 64x128 (N=8192), fp32, fwd+bwd, plus a curve.
+        p = dict(batch=1, channels=512, qk=64, sizes="32x32,48x64,64x128", dtypes="fp32",
+                 modes="fwdbwd")
+    return dict(
+        batch=args.batch or p["batch"], channels=args.channels or p["channels"],
+        qk=args.qk_channels or p["qk"], sizes=common.parse_sizes(args.sizes or p["sizes"]),
+        dtypes=common.split_list(args.dtypes or p["dtypes"]),
+        modes=common.split_list(args.modes or p["modes"]),
+    )
+
+
+def build_configs(args: argparse.Namespace, device: torch.device) -> list[dict]:
+    p = plan(args, device)
+    backends = common.op_backends(device, args, BASELINES)
+    timing = common.timing_args(args, device, cpu_warmup=1, cpu_rep=2 if args.quick else 3)
+    configs = []
+    for h, w in p["sizes"]:
+        for dtype in p["dtypes"]:
+            for mode in p["modes"]:
+                for backend in backends:
+                    configs.append(dict(
+                        op="pam", shape=f"{h}x{w}", H=h, W=w, N=h * w, B=p["batch"],
+                        C=p["channels"], Cqk=p["qk"], dtype=dtype, mode=mode, backend=backend,
+                        device=str(device), threads=args.threads, **timing,
+                    ))
+    return configs
+
+
+def flops(cfg: dict) -> float:
+    fwd = 2.0 * cfg["B"] * cfg["N"] ** 2 * (cfg["Cqk"] + cfg["C"])
+    return fwd if cfg["mode"] == "fwd" else 3.0 * fwd
+
+
+def _sdpa(q, k, v, gamma, x, cuda: bool):
+    """What a user would write with SDPA: [B, 1, N, d] contiguous inputs, scale=1.0,
+    then back to channel-first and the same ``gamma · out + x`` epilogue."""
+    qs = q.transpose(1, 2).unsqueeze(1).contiguous()
+    ks = k.transpose(1, 2).unsqueeze(1).contiguous()
+    vs = v.transpose(1, 2).unsqueeze(1).contiguous()
+    if cuda:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION):
+            o = F.scaled_dot_product_attention(qs, ks, vs, scale=1.0)
+    else:
+        o = F.scaled_dot_product_attention(qs, ks, vs, scale=1.0)
+    return gamma * o.squeeze(1).transpose(1, 2) + x
+
+
+def setup(cfg: dict, device: torch.device):
+    """Inputs and the function to time for one config; returns (fn, extra row fields)."""
+    import danet_ops
+    from danet_ops.reference import position_attention_reference
+
+    dtype = common.DTYPES[cfg["dtype"]]
+    grad = cfg["mode"] == "fwdbwd"
+    b, c, cqk, n = cfg["B"], cfg["C"], cfg["Cqk"], cfg["N"]
+
+    def make(*shape):
+        return torch.randn(*shape, device=device, dtype=dtype).requires_grad_(grad)
+
+    q, k, v, x = make(b, cqk, n), make(b, cqk, n), make(b, c, n), make(b, c, n)
+    gamma = torch.tensor(0.5, device=device, dtype=dtype).requires_grad_(grad)
+    backend = cfg["backend"]
+    if backend == "sdpa":
+        cuda = device.type == "cuda"
+
+        def forward():
+            return _sdpa(q, k, v, gamma, x, cuda)
+    elif backend == "compile":
+        torch._dynamo.reset()
+        compiled = torch.compile(position_attention_reference, dynamic=False)
+
+        def forward():
+            return compiled(q, k, v, gamma, x)
+    else:
+        def forward():
+            return danet_ops.position_attention(q, k, v, gamma=gamma, residual=x, backend=backend)
+
+    if grad:
+        dout = torch.randn(b, c, n, device=device, dtype=dtype)
+        inputs = (q, k, v, gamma, x)
+
+        def fn():
+            out = forward()
+            torch.autograd.grad(out, inputs, dout)
+    else:
+        def fn():
+            with torch.no_grad():
+                forward()
+    return fn, {"flops": flops(cfg)}
+
+
+def runner(cfg: dict, device: torch.device) -> dict:
+    return common.run_one(setup, cfg, device)
+
+
+def describe(cfg: dict) -> str:
+    return f"pam {cfg['shape']} B={cfg['B']} {cfg['dtype']} {cfg['mode']} {cfg['backend']}"
+
+
+def notes(device: torch.device) -> list[str]:
+    timing = ("CUDA timing: triton.testing.do_bench (CUDA events after warm-up), median."
+              if device.type == "cuda" else
+              "CPU timing: warm-up call(s), then the median of time.perf_counter over the repeats.")
+    sdpa = ("sdpa: F.scaled_dot_product_attention(q, k, v, scale=1.0) on [B, 1, N, d] contiguous "
+            "copies of the channel-first inputs (the copies and the `gamma·out + x` epilogue are "
+            "inside the timed call), "
+            + ("restricted to SDPBackend.EFFICIENT_ATTENTION." if device.type == "cuda"
+               else "whatever CPU backend PyTorch picks."))
+    return [
+        "Op: out = gamma · softmax(qᵀk) · v + x (no 1/sqrt(d) scale); q, k [B, Cqk, N], v, x [B, C, N].",
+        "fwd: under torch.no_grad. fwdbwd: forward + torch.autograd.grad w.r.t. q, k, v, gamma, x "
+        "with a random dout.",
+        "FLOPs: fwd 2·B·N²·(Cqk+C); fwdbwd counted as 3× fwd. % of mm peak: TFLOP/s over the "
+        "measured dense bf16 matmul rate (CUDA only).",
+        "eager: danet_ops backend 'eager' (mmseg's math); compile: torch.compile(reference, "
+        "dynamic=False); chunked/triton/cuda: danet_ops backends.",
+        sdpa, timing,
+        "speedup vs eager = eager ms / ms; memory vs eager = peak / eager peak (same shape, dtype, mode).",
+    ]
+
+
+def run(args: argparse.Namespace, device: torch.device, env: dict, peak_tflops) -> list[dict]:
+    configs = build_configs(args, device)
+    print(f"PAM: {len(configs)} configs on {env['device']}", flush=True)
+    rows = common.sweep(MODULE, runner, configs, device, not args.no_isolate, args.timeout, describe)
+    common.finish_op("pam", TITLE, rows, device, env, notes(device), args.out, peak_tflops)
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_common_args(parser)
+    args = parser.parse_args(argv)
+    if args.one_config:
+        common.child_main(runner, args.one_config)
+        return
+    device = common.pick_device(args.device)
+    run(args, device, common.environment(device), common.matmul_peak_tflops(device))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
