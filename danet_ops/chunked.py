@@ -40,10 +40,13 @@ def _block_rows(batch: int, n: int) -> int:
 
 
 def _epilogue(o: Tensor, gamma: Optional[Tensor], residual: Optional[Tensor]) -> Tensor:
+    """gamma·o + residual with one output allocation."""
+    if gamma is not None and residual is not None:
+        return torch.addcmul(residual.to(o.dtype), o, gamma.to(o.dtype))
     if gamma is not None:
-        o = o * gamma.to(o.dtype)
+        return o * gamma.to(o.dtype)
     if residual is not None:
-        o = o + residual.to(o.dtype)
+        return o + residual.to(o.dtype)
     return o
 
 
@@ -109,6 +112,7 @@ def pam_backward(
         ds = torch.baddbmm(neg_row_dot[:, blk], dout_blk.transpose(1, 2), va).mul_(p)  # dS'
         dq[:, :, blk] = torch.bmm(ka, ds.transpose(1, 2))
         dk.baddbmm_(qa[:, :, blk], ds)
+        del p, ds  # free before the next block allocates its own
     if gamma is None:
         g, dgamma = 1.0, dout.new_empty(0)
     else:
