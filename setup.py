@@ -6,6 +6,7 @@ wheel as ``danet_ops/csrc`` and compiled on first use; ``models/``, ``benchmarks
 """
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -37,33 +38,27 @@ def cuda_extension_build():
     """
     if os.environ.get("DANET_OPS_BUILD_CUDA") != "1":
         return [], {}
-    # cpp_extension reads CUDA_HOME when imported: find nvcc first (same order as
-    # danet_ops.cuda.build.find_cuda_home).
-    if not os.environ.get("CUDA_HOME"):
-        nvcc = shutil.which("nvcc")
-        for home in (os.environ.get("CUDA_PATH"), nvcc and str(Path(nvcc).resolve().parent.parent),
-                     "/usr/local/cuda"):
-            if home and (Path(home) / "bin" / "nvcc").is_file() and (
-                    Path(home) / "include" / "cuda_runtime.h").is_file():
-                os.environ["CUDA_HOME"] = home
-                break
-    import torch
+    # The first-use builder's own toolkit discovery, so both builds find the same things
+    # (torch is installed here: this path runs only without build isolation).
+    sys.path.insert(0, str(ROOT))
+    from danet_ops.cuda import build
+
+    cuda_home = build.find_cuda_home()
+    if cuda_home is None:
+        raise RuntimeError("DANET_OPS_BUILD_CUDA=1 but no CUDA toolkit (nvcc) was found; set CUDA_HOME")
+    os.environ["CUDA_HOME"] = cuda_home  # cpp_extension reads it when imported
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", build.default_arch_list())
     from torch.utils.cpp_extension import BuildExtension, CUDAExtension
 
-    if not torch.cuda.is_available():
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
     include_dirs = [str(ROOT / "csrc")]
-    cuda_home = os.environ.get("CUDA_HOME", "")
     if not (Path(cuda_home) / "include" / "cublas_v2.h").is_file():
-        # torch's headers may want CUDA library headers that pip's nvidia-* wheels carry.
-        site_packages = Path(torch.__file__).resolve().parent.parent
-        include_dirs += sorted(str(p) for p in site_packages.glob("nvidia/*/include"))
+        include_dirs += build.nvidia_include_dirs()
     ext = CUDAExtension(
         name="danet_ops._C",
-        sources=["csrc/bindings.cpp", "csrc/pam.cu", "csrc/cam.cu"],
+        sources=[f"csrc/{name}" for name in build.SOURCES],
         include_dirs=include_dirs,
         # No --use_fast_math: the fp32 softmax needs accurate exp/log.
-        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "-lineinfo"]},
+        extra_compile_args={"cxx": list(build.CXX_FLAGS), "nvcc": list(build.NVCC_FLAGS)},
     )
     return [ext], {"build_ext": BuildExtension}
 

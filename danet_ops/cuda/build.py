@@ -71,7 +71,7 @@ def find_cuda_home() -> Optional[str]:
     return None
 
 
-def _nvidia_include_dirs() -> list[str]:
+def nvidia_include_dirs() -> list[str]:
     """Include dirs of pip's nvidia-* CUDA packages (``site-packages/nvidia/*/include``).
 
     torch's headers may include CUDA library headers (cublas, cusparse) that a minimal
@@ -228,7 +228,7 @@ def build_extension(arch_list: Optional[str] = None, verbose: bool = False,
     cpp_extension.CUDA_HOME = cuda_home
     include_dirs = []
     if not (Path(cuda_home) / "include" / "cublas_v2.h").is_file():
-        include_dirs = _nvidia_include_dirs()
+        include_dirs = nvidia_include_dirs()
     logger.info("building the danet_ops CUDA extension (first use, about a minute)... "
                 "[arch %s, cache %s]", ";".join(archs), build_dir)
     try:
