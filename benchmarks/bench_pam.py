@@ -168,14 +168,7 @@ def run(args: argparse.Namespace, device: torch.device, env: dict, peak_tflops) 
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(parser)
-    args = parser.parse_args(argv)
-    if args.one_config:
-        common.child_main(runner, args.one_config)
-        return
-    device = common.pick_device(args.device)
-    run(args, device, common.environment(device), common.matmul_peak_tflops(device))
+    common.script_main(argv, __doc__, run, runner)
 
 
 if __name__ == "__main__":

@@ -593,3 +593,18 @@ def finish_op(op: str, title: str, rows: list[dict], device: torch.device, env: 
                    ("dtype", "mode"), f"{op.upper()} peak memory, {env['device']}")
     print(f"  wrote {out / (op + '.md')} and .csv")
     return out
+
+
+def script_main(argv: Optional[list[str]], doc: str, run: Callable, runner: Callable,
+                needs_peak: bool = True) -> None:
+    """The ``main`` of each bench_* script: parse the common arguments, then either run one
+    isolated config (``--one-config``, the child process of a sweep) or the whole script."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser)
+    args = parser.parse_args(argv)
+    if args.one_config:
+        child_main(runner, args.one_config)
+        return
+    device = pick_device(args.device)
+    peak = matmul_peak_tflops(device) if needs_peak else None
+    run(args, device, environment(device), peak)
