@@ -46,8 +46,13 @@ struct GemmArgs {
 
 template <typename TA, typename TB, typename TC, typename TR>
 __global__ void __launch_bounds__(THREADS) gemm_kernel(GemmArgs<TA, TB, TC, TR> p) {
-  __shared__ float as[KC * LD];  // A(m, k) staged k-major: as[k][m]
-  __shared__ float bs[KC * LD];  // B(k, n): bs[k][n]
+  // Both operands are staged in B's dtype, the input's: A is the fp32 attention or dE of
+  // the second products, rounded to fp16/bf16 for the tensor cores in the half paths.
+  using S = TB;
+  constexpr int LD = ld_of<S>();
+  __shared__ __align__(32) S as[KC * LD];  // A(m, k) staged k-major: as[k][m]
+  __shared__ __align__(32) S bs[KC * LD];  // B(k, n): bs[k][n]
+  __shared__ __align__(32) float prod[product_tile_size<S>()];
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   const int n0 = blockIdx.x * TILE, m0 = blockIdx.y * TILE;
   const int b = blockIdx.z / p.splits, split = blockIdx.z % p.splits;
@@ -69,7 +74,7 @@ __global__ void __launch_bounds__(THREADS) gemm_kernel(GemmArgs<TA, TB, TC, TR> 
       load_tile<KC, TILE>(as, LD, a + k0 * term.a_k, term.a_k, term.a_m, kv, p.m - m0);
       load_tile<KC, TILE>(bs, LD, bb + k0 * term.b_k, term.b_k, term.b_n, kv, p.n - n0, scale);
       __syncthreads();
-      tile_mma<LD, 1, LD, 1>(acc, as, bs, kv);
+      tile_mma<LD, 1, LD, 1>(acc, as, bs, kv, prod);
       __syncthreads();
     }
   }

@@ -20,6 +20,13 @@
 
 namespace danet {
 
+// torch's half types are bit- and layout-compatible with CUDA's, so shared tiles of them
+// are handed to WMMA as __half / __nv_bfloat16 (see tile_mma).
+template <>
+struct wmma_elem<c10::Half> { using type = __half; };
+template <>
+struct wmma_elem<c10::BFloat16> { using type = __nv_bfloat16; };
+
 // ---- host-side helpers -------------------------------------------------------------
 
 inline void check_input(const at::Tensor& t, const char* name, int64_t dim) {

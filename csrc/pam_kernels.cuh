@@ -43,7 +43,9 @@ struct PamArgs {
 // j = j0 + tx + 16b, staged through qs/ks in channel chunks of KC.
 template <typename T>
 __device__ __forceinline__ void energy_tile(float (&s)[PER][PER], const T* q, const T* k,
-                                            const PamArgs<T>& p, int i0, int j0, float* qs, float* ks) {
+                                            const PamArgs<T>& p, int i0, int j0, T* qs, T* ks,
+                                            float* prod) {
+  constexpr int LD = ld_of<T>();
   const int n = p.n;
   zero(s);
   for (int c = 0; c < p.cqk; c += KC) {
@@ -51,7 +53,7 @@ __device__ __forceinline__ void energy_tile(float (&s)[PER][PER], const T* q, co
     load_tile<KC, TILE>(qs, LD, q + (int64_t)c * n + i0, n, 1, kv, n - i0);
     load_tile<KC, TILE>(ks, LD, k + (int64_t)c * n + j0, n, 1, kv, n - j0);
     __syncthreads();
-    tile_mma<LD, 1, LD, 1>(s, qs, ks, kv);
+    tile_mma<LD, 1, LD, 1>(s, qs, ks, kv, prod);
     __syncthreads();
   }
 #pragma unroll
@@ -64,9 +66,9 @@ __device__ __forceinline__ void energy_tile(float (&s)[PER][PER], const T* q, co
 template <typename T>
 __device__ __forceinline__ void prob_tile(float (&pr)[PER][PER], const T* q, const T* k,
                                           const float* lse, const PamArgs<T>& p, int i0, int j0,
-                                          float* qs, float* ks) {
+                                          T* qs, T* ks, float* prod) {
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-  energy_tile(pr, q, k, p, i0, j0, qs, ks);
+  energy_tile(pr, q, k, p, i0, j0, qs, ks, prod);
 #pragma unroll
   for (int a = 0; a < PER; ++a) {
     const int i = i0 + ty + 16 * a;
@@ -84,18 +86,19 @@ template <typename T>
 __device__ __forceinline__ void dscore_tile(float (&ds)[PER][PER], const T* q, const T* k,
                                             const T* v, const T* dout, const float* lse,
                                             const float* delta, float g, const PamArgs<T>& p,
-                                            int i0, int j0, float* as, float* bs) {
+                                            int i0, int j0, T* as, T* bs, float* prod) {
+  constexpr int LD = ld_of<T>();
   const int ty = threadIdx.x / 16;
   const int n = p.n;
   float pr[PER][PER];
-  prob_tile(pr, q, k, lse, p, i0, j0, as, bs);
+  prob_tile(pr, q, k, lse, p, i0, j0, as, bs, prod);
   zero(ds);  // dP, reduced over all v channels
   for (int c = 0; c < p.cv; c += KC) {
     const int kv = min(KC, p.cv - c);
     load_tile<KC, TILE>(as, LD, dout + (int64_t)c * n + i0, n, 1, kv, n - i0, g);
     load_tile<KC, TILE>(bs, LD, v + (int64_t)c * n + j0, n, 1, kv, n - j0);
     __syncthreads();
-    tile_mma<LD, 1, LD, 1>(ds, as, bs, kv);
+    tile_mma<LD, 1, LD, 1>(ds, as, bs, kv, prod);
     __syncthreads();
   }
 #pragma unroll
@@ -112,10 +115,13 @@ __device__ __forceinline__ void dscore_tile(float (&ds)[PER][PER], const T* q, c
 template <typename T>
 __global__ void __launch_bounds__(THREADS)
 pam_forward_kernel(PamArgs<T> p, T* out, T* o_raw, float* lse_out) {
-  __shared__ float qs[KC * LD], ks[KC * LD];
-  __shared__ float ps[TILE * LD];      // P[i][j] of the current key tile
-  __shared__ float vs[TILE * LD];      // v[c][j] of the current key tile
-  __shared__ float row_scale[TILE];    // per query row: rescale factor, then 1/l
+  // Operands staged in T (WMMA reads them as they are); the 32-byte alignment is WMMA's.
+  constexpr int LD = ld_of<T>();
+  __shared__ __align__(32) T qs[KC * LD], ks[KC * LD];
+  __shared__ __align__(32) T ps[TILE * LD];  // P[i][j] of the current key tile
+  __shared__ __align__(32) T vs[TILE * LD];  // v[c][j] of the current key tile
+  __shared__ __align__(32) float prod[product_tile_size<T>()];  // WMMA product tile
+  __shared__ float row_scale[TILE];          // per query row: rescale factor, then 1/l
 
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   const int n = p.n, cv = p.cv;
@@ -136,7 +142,7 @@ pam_forward_kernel(PamArgs<T> p, T* out, T* o_raw, float* lse_out) {
 
   for (int j0 = 0; j0 < n; j0 += TILE) {
     float s[PER][PER];
-    energy_tile(s, q, k, p, i0, j0, qs, ks);
+    energy_tile(s, q, k, p, i0, j0, qs, ks, prod);
 
     // Online softmax. Every key tile holds at least one valid key, so the new max is
     // finite for finite inputs and exp(m_old - m_new) is 0 on the first tile.
@@ -159,7 +165,7 @@ pam_forward_kernel(PamArgs<T> p, T* out, T* o_raw, float* lse_out) {
       m[a] = m_new;
       if (tx == 0) row_scale[ty + 16 * a] = alpha;
 #pragma unroll
-      for (int bb = 0; bb < PER; ++bb) ps[(ty + 16 * a) * LD + tx + 16 * bb] = s[a][bb];
+      for (int bb = 0; bb < PER; ++bb) ps[(ty + 16 * a) * LD + tx + 16 * bb] = from_float<T>(s[a][bb]);
     }
     load_tile<TILE, TILE>(vs, LD, v + j0, n, 1, cv - c0, n - j0);
     __syncthreads();
@@ -169,7 +175,7 @@ pam_forward_kernel(PamArgs<T> p, T* out, T* o_raw, float* lse_out) {
     for (int a = 0; a < PER; ++a)
 #pragma unroll
       for (int bb = 0; bb < PER; ++bb) acc[a][bb] *= row_scale[tx + 16 * bb];
-    tile_mma<1, LD, 1, LD>(acc, vs, ps, min(TILE, n - j0));
+    tile_mma<1, LD, 1, LD>(acc, vs, ps, min(TILE, n - j0), prod);
     __syncthreads();
   }
 
@@ -223,9 +229,11 @@ pam_delta_kernel(const T* dout, const T* o, const float* gamma, int cv, int n, f
 // dV[c][j] = sum_i dO[c][i] P[i][j]: one block per (key tile, v-channel tile, batch item).
 template <typename T>
 __global__ void __launch_bounds__(THREADS) pam_dv_kernel(PamArgs<T> p, T* dv) {
-  __shared__ float as[KC * LD], bs[KC * LD];
-  __shared__ float ps[TILE * LD];   // P[i][j]
-  __shared__ float dos[TILE * LD];  // dO[c][i]
+  constexpr int LD = ld_of<T>();
+  __shared__ __align__(32) T as[KC * LD], bs[KC * LD];
+  __shared__ __align__(32) T ps[TILE * LD];   // P[i][j]
+  __shared__ __align__(32) T dos[TILE * LD];  // dO[c][i]
+  __shared__ __align__(32) float prod[product_tile_size<T>()];
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   const int n = p.n, cv = p.cv;
   const int j0 = blockIdx.x * TILE, c0 = blockIdx.y * TILE, b = blockIdx.z;
@@ -239,14 +247,14 @@ __global__ void __launch_bounds__(THREADS) pam_dv_kernel(PamArgs<T> p, T* dv) {
   zero(acc);
   for (int i0 = 0; i0 < n; i0 += TILE) {
     float pr[PER][PER];
-    prob_tile(pr, q, k, lse, p, i0, j0, as, bs);
+    prob_tile(pr, q, k, lse, p, i0, j0, as, bs, prod);
 #pragma unroll
     for (int a = 0; a < PER; ++a)
 #pragma unroll
-      for (int bb = 0; bb < PER; ++bb) ps[(ty + 16 * a) * LD + tx + 16 * bb] = pr[a][bb];
+      for (int bb = 0; bb < PER; ++bb) ps[(ty + 16 * a) * LD + tx + 16 * bb] = from_float<T>(pr[a][bb]);
     load_tile<TILE, TILE>(dos, LD, dout + i0, n, 1, cv - c0, n - i0, g);
     __syncthreads();
-    tile_mma<1, LD, LD, 1>(acc, dos, ps, min(TILE, n - i0));
+    tile_mma<1, LD, LD, 1>(acc, dos, ps, min(TILE, n - i0), prod);
     __syncthreads();
   }
 #pragma unroll
@@ -266,9 +274,11 @@ __global__ void __launch_bounds__(THREADS) pam_dv_kernel(PamArgs<T> p, T* dv) {
 //         looping over key tiles.
 template <typename T, bool FOR_DK>
 __global__ void __launch_bounds__(THREADS) pam_dqk_kernel(PamArgs<T> p, T* grad) {
-  __shared__ float as[KC * LD], bs[KC * LD];
-  __shared__ float dss[TILE * LD];  // dS[i][j]
-  __shared__ float xs[TILE * LD];   // q[c][i] (dK) or k[c][j] (dQ)
+  constexpr int LD = ld_of<T>();
+  __shared__ __align__(32) T as[KC * LD], bs[KC * LD];
+  __shared__ __align__(32) T dss[TILE * LD];  // dS[i][j]
+  __shared__ __align__(32) T xs[TILE * LD];   // q[c][i] (dK) or k[c][j] (dQ)
+  __shared__ __align__(32) float prod[product_tile_size<T>()];
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   const int n = p.n, cqk = p.cqk;
   const int t0 = blockIdx.x * TILE, c0 = blockIdx.y * TILE, b = blockIdx.z;
@@ -286,18 +296,18 @@ __global__ void __launch_bounds__(THREADS) pam_dqk_kernel(PamArgs<T> p, T* grad)
     const int i0 = FOR_DK ? u0 : t0;
     const int j0 = FOR_DK ? t0 : u0;
     float ds[PER][PER];
-    dscore_tile(ds, q, k, v, dout, lse, delta, g, p, i0, j0, as, bs);
+    dscore_tile(ds, q, k, v, dout, lse, delta, g, p, i0, j0, as, bs, prod);
 #pragma unroll
     for (int a = 0; a < PER; ++a)
 #pragma unroll
-      for (int bb = 0; bb < PER; ++bb) dss[(ty + 16 * a) * LD + tx + 16 * bb] = ds[a][bb];
+      for (int bb = 0; bb < PER; ++bb) dss[(ty + 16 * a) * LD + tx + 16 * bb] = from_float<T>(ds[a][bb]);
     const T* x = FOR_DK ? q : k;
     load_tile<TILE, TILE>(xs, LD, x + (int64_t)c0 * n + u0, n, 1, cqk - c0, n - u0);
     __syncthreads();
     if (FOR_DK) {
-      tile_mma<1, LD, LD, 1>(acc, xs, dss, min(TILE, n - u0));  // sum_i q[c][i] dS[i][j]
+      tile_mma<1, LD, LD, 1>(acc, xs, dss, min(TILE, n - u0), prod);  // sum_i q[c][i] dS[i][j]
     } else {
-      tile_mma<1, LD, 1, LD>(acc, xs, dss, min(TILE, n - u0));  // sum_j k[c][j] dS[i][j]
+      tile_mma<1, LD, 1, LD>(acc, xs, dss, min(TILE, n - u0), prod);  // sum_j k[c][j] dS[i][j]
     }
     __syncthreads();
   }

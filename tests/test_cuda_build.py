@@ -121,9 +121,10 @@ def test_sources_are_found():
 # --- the kernels themselves, on the CPU ----------------------------------------------------
 # csrc/emulation/ compiles the real kernel code as C++ with a thin CUDA shim (a thread per
 # CUDA thread, barriers for __syncthreads and shuffles), so the fp32 kernels' indexing,
-# ragged-edge masking and synchronisation are exercised here without a GPU. fp16/bf16 only
-# change the load/store conversions; those, tensor-level speed and real-GPU memcheck need
-# tests/test_cuda_gpu.py.
+# ragged-edge masking and synchronisation are exercised here without a GPU. fp16/bf16 run
+# the tensor-core (WMMA) tile product, emulated by the shim (fp16/bf16 operands rounded
+# as on the GPU, fp32 accumulation), so their tiling and fragment layouts are checked too.
+# Speed and real-GPU memcheck need tests/test_cuda_gpu.py.
 
 EMULATION = build.source_dir() / "emulation"
 
@@ -154,65 +155,82 @@ def _d(t):
     return None if t is None else t.double()
 
 
-@pytest.mark.parametrize("shape,scale,with_gamma,with_residual", [
-    ((2, 5, 70, 131), 1.0, True, True),    # ragged N, Cv over one tile, Cqk not a multiple of 16
-    ((1, 16, 64, 64), 0.7, False, False),  # exact tiles, no epilogue, scaled
-    ((1, 70, 20, 67), 1.0, True, False),   # Cqk over one tile
+# dtype -> (entry-point suffix, tolerance against the float64 reference on the same
+# rounded inputs). Half tolerances cover fp16/bf16 operand rounding of P, dS, attention.
+EMU_DTYPES = {torch.float32: ("", 1e-5), torch.float16: ("_f16", 1e-2), torch.bfloat16: ("_bf16", 1e-2)}
+HALF = [torch.float16, torch.bfloat16]
+
+
+def _emu(lib, name, dtype):
+    return getattr(lib, name + EMU_DTYPES[dtype][0])
+
+
+@pytest.mark.parametrize("dtype,shape,scale,with_gamma,with_residual", [
+    (torch.float32, (2, 5, 70, 131), 1.0, True, True),    # ragged N, Cv over one tile, Cqk not a multiple of 16
+    (torch.float32, (1, 16, 64, 64), 0.7, False, False),  # exact tiles, no epilogue, scaled
+    (torch.float32, (1, 70, 20, 67), 1.0, True, False),   # Cqk over one tile
+    *[(dt, (1, 5, 70, 131), 1.0, True, True) for dt in HALF],   # WMMA path, ragged everywhere
+    *[(dt, (1, 70, 20, 67), 0.7, False, False) for dt in HALF],
 ])
-def test_emulated_pam_kernels_match_chunked(emulated, shape, scale, with_gamma, with_residual):
+def test_emulated_pam_kernels_match_chunked(emulated, dtype, shape, scale, with_gamma, with_residual):
     b, cqk, cv, n = shape
-    q, k, v, res, dout = (torch.randn(b, c, n) for c in (cqk, cqk, cv, cv, cv))
+    tol = EMU_DTYPES[dtype][1]
+    q, k, v, res, dout = (torch.randn(b, c, n).to(dtype) for c in (cqk, cqk, cv, cv, cv))
     gamma = torch.tensor(0.75) if with_gamma else None
     res = res if with_residual else None
     out, o = torch.full_like(v, float("nan")), torch.full_like(v, float("nan"))
     lse = torch.full((b, n), float("nan"))
     i, f = ctypes.c_int, ctypes.c_float
-    emulated.emu_pam_forward(_ptr(q), _ptr(k), _ptr(v), _ptr(res), _ptr(gamma), _ptr(out), _ptr(o),
+    _emu(emulated, "emu_pam_forward", dtype)(_ptr(q), _ptr(k), _ptr(v), _ptr(res), _ptr(gamma), _ptr(out), _ptr(o),
                              _ptr(lse), i(b), i(cqk), i(cv), i(n), f(scale))
     ref_out, ref_lse, ref_o = chunked.pam_forward(_d(q), _d(k), _d(v), _d(gamma), _d(res), scale, True)
     ref_o = ref_out if ref_o.numel() == 0 else ref_o
-    assert rel_err(out, ref_out) <= 1e-5
-    assert rel_err(o, ref_o) <= 1e-5
-    assert rel_err(lse, ref_lse) <= 1e-5
+    assert rel_err(out, ref_out) <= tol
+    assert rel_err(o, ref_o) <= tol
+    assert rel_err(lse, ref_lse) <= tol
 
     dq, dk, dv = (torch.full_like(t, float("nan")) for t in (q, k, v))
     rowdot, delta, dgamma = torch.empty(b, n), torch.empty(b, n), torch.full((), float("nan"))
-    emulated.emu_pam_backward(_ptr(dout), _ptr(q), _ptr(k), _ptr(v), _ptr(gamma), _ptr(o), _ptr(lse),
+    _emu(emulated, "emu_pam_backward", dtype)(_ptr(dout), _ptr(q), _ptr(k), _ptr(v), _ptr(gamma), _ptr(o), _ptr(lse),
                               _ptr(dq), _ptr(dk), _ptr(dv), _ptr(rowdot), _ptr(delta), _ptr(dgamma),
                               i(b), i(cqk), i(cv), i(n), f(scale))
-    refs = chunked.pam_backward(_d(dout), _d(q), _d(k), _d(v), _d(gamma), ref_o, ref_lse, scale)
+    # The saved o is the kernel's (rounded to dtype on the half paths), as in autograd.
+    refs = chunked.pam_backward(_d(dout), _d(q), _d(k), _d(v), _d(gamma), _d(o), ref_lse, scale)
     for name, got, ref in zip(("dq", "dk", "dv"), (dq, dk, dv), refs):
-        assert rel_err(got, ref) <= 1e-5, name
+        assert rel_err(got, ref) <= tol, name
     if gamma is not None:
-        assert rel_err(dgamma, refs[3]) <= 1e-5
+        assert rel_err(dgamma, refs[3]) <= tol
 
 
-@pytest.mark.parametrize("shape,with_gamma,splits", [
-    ((2, 70, 131), True, 1),
-    ((1, 24, 300), False, 3),  # split-K Gram
-    ((2, 130, 67), True, 2),
+@pytest.mark.parametrize("dtype,shape,with_gamma,splits", [
+    (torch.float32, (2, 70, 131), True, 1),
+    (torch.float32, (1, 24, 300), False, 3),  # split-K Gram
+    (torch.float32, (2, 130, 67), True, 2),
+    *[(dt, (1, 70, 131), True, 2) for dt in HALF],  # WMMA path, ragged, split-K
+    *[(dt, (1, 24, 300), False, 1) for dt in HALF],
 ])
-def test_emulated_cam_kernels_match_chunked(emulated, shape, with_gamma, splits):
+def test_emulated_cam_kernels_match_chunked(emulated, dtype, shape, with_gamma, splits):
     b, c, n = shape
-    x = torch.randn(b, c, n) * (2.0 / n ** 0.5)
-    dout = torch.randn(b, c, n)
+    tol = EMU_DTYPES[dtype][1]
+    x = (torch.randn(b, c, n) * (2.0 / n ** 0.5)).to(dtype)
+    dout = torch.randn(b, c, n).to(dtype)
     gamma = torch.tensor(0.7) if with_gamma else None
     out, attn = torch.full_like(x, float("nan")), torch.full((b, c, c), float("nan"))
     ws = torch.empty(splits * b * c * c)
     i = ctypes.c_int
-    emulated.emu_cam_forward(_ptr(x), _ptr(gamma), _ptr(out), _ptr(attn), _ptr(ws), i(b), i(c), i(n), i(splits))
+    _emu(emulated, "emu_cam_forward", dtype)(_ptr(x), _ptr(gamma), _ptr(out), _ptr(attn), _ptr(ws), i(b), i(c), i(n), i(splits))
     ref_out, ref_attn = chunked.cam_forward(_d(x), _d(gamma))
-    assert rel_err(out, ref_out) <= 1e-5
-    assert rel_err(attn, ref_attn) <= 1e-5
+    assert rel_err(out, ref_out) <= tol
+    assert rel_err(attn, ref_attn) <= tol
 
     dx, de = torch.full_like(x, float("nan")), torch.empty(b, c, c)
     rowpart, dgamma = torch.empty(b * c), torch.full((), float("nan"))
-    emulated.emu_cam_backward(_ptr(dout), _ptr(x), _ptr(attn), _ptr(gamma), _ptr(dx), _ptr(de),
+    _emu(emulated, "emu_cam_backward", dtype)(_ptr(dout), _ptr(x), _ptr(attn), _ptr(gamma), _ptr(dx), _ptr(de),
                               _ptr(rowpart), _ptr(dgamma), _ptr(ws), i(b), i(c), i(n), i(splits))
     ref_dx, ref_dgamma = chunked.cam_backward(_d(dout), _d(x), ref_attn, _d(gamma))
-    assert rel_err(dx, ref_dx) <= 1e-5
+    assert rel_err(dx, ref_dx) <= tol
     if gamma is not None:
-        assert rel_err(dgamma, ref_dgamma) <= 1e-5
+        assert rel_err(dgamma, ref_dgamma) <= tol
 
 
 def test_emulated_kernels_stay_in_bounds_under_address_sanitizer(tmp_path):

@@ -1,4 +1,4 @@
-// CPU emulation entry points (fp32) for the kernels in ../pam_kernels.cuh and
+// CPU emulation entry points (fp32, fp16, bf16) for the kernels in ../pam_kernels.cuh and
 // ../cam_kernels.cuh, launched with the same grids and arguments as the host wrappers in
 // ../pam.cu and ../cam.cu. Built and compared with the pure-PyTorch backend by
 // tests/test_cuda_build.py; plain g++ -std=c++20 -pthread, no CUDA or torch needed.
@@ -9,12 +9,19 @@
 
 using namespace danet;
 
-extern "C" {
+// The shim's half types, like c10's in the extension, go to WMMA as themselves.
+template <>
+struct danet::wmma_elem<__half> { using type = __half; };
+template <>
+struct danet::wmma_elem<__nv_bfloat16> { using type = __nv_bfloat16; };
 
-void emu_pam_forward(const float* q, const float* k, const float* v, const float* residual,
-                     const float* gamma, float* out, float* o, float* lse, int batch, int cqk,
-                     int cv, int n, float scale) {
-  PamArgs<float> p{};
+// T: the tensors' dtype (float, __half, __nv_bfloat16; the half types have torch's bits);
+// lse, gamma, attention and the other fp32 intermediates are float as in ../pam.cu, ../cam.cu.
+template <typename T>
+static void pam_forward(const T* q, const T* k, const T* v, const T* residual,
+                        const float* gamma, T* out, T* o, float* lse, int batch, int cqk,
+                        int cv, int n, float scale) {
+  PamArgs<T> p{};
   p.q = q;
   p.k = k;
   p.v = v;
@@ -25,14 +32,15 @@ void emu_pam_forward(const float* q, const float* k, const float* v, const float
   p.n = n;
   p.scale = scale;
   emu_launch(dim3(ceil_div(n, TILE), ceil_div(cv, TILE), batch), THREADS,
-             [&] { pam_forward_kernel<float>(p, out, o, lse); });
+             [&] { pam_forward_kernel<T>(p, out, o, lse); });
 }
 
-void emu_pam_backward(const float* dout, const float* q, const float* k, const float* v,
-                      const float* gamma, const float* o, const float* lse, float* dq, float* dk,
-                      float* dv, float* rowdot, float* delta, float* dgamma, int batch, int cqk,
-                      int cv, int n, float scale) {
-  PamArgs<float> p{};
+template <typename T>
+static void pam_backward(const T* dout, const T* q, const T* k, const T* v,
+                         const float* gamma, const T* o, const float* lse, T* dq, T* dk,
+                         T* dv, float* rowdot, float* delta, float* dgamma, int batch, int cqk,
+                         int cv, int n, float scale) {
+  PamArgs<T> p{};
   p.q = q;
   p.k = k;
   p.v = v;
@@ -45,20 +53,21 @@ void emu_pam_backward(const float* dout, const float* q, const float* k, const f
   p.n = n;
   p.scale = scale;
   emu_launch(dim3(ceil_div(n, THREADS), batch), THREADS,
-             [&] { pam_delta_kernel<float>(dout, o, gamma, cv, n, rowdot, delta); });
+             [&] { pam_delta_kernel<T>(dout, o, gamma, cv, n, rowdot, delta); });
   emu_launch(dim3(ceil_div(n, TILE), ceil_div(cv, TILE), batch), THREADS,
-             [&] { pam_dv_kernel<float>(p, dv); });
+             [&] { pam_dv_kernel<T>(p, dv); });
   const dim3 grid(ceil_div(n, TILE), ceil_div(cqk, TILE), batch);
-  emu_launch(grid, THREADS, [&] { pam_dqk_kernel<float, true>(p, dk); });
-  emu_launch(grid, THREADS, [&] { pam_dqk_kernel<float, false>(p, dq); });
+  emu_launch(grid, THREADS, [&] { pam_dqk_kernel<T, true>(p, dk); });
+  emu_launch(grid, THREADS, [&] { pam_dqk_kernel<T, false>(p, dq); });
   emu_launch(dim3(1), THREADS, [&] { sum_all_kernel<float>(rowdot, (int64_t)batch * n, dgamma); });
 }
 
 // splits > 1 exercises the split-K path of the Gram products (ws: splits * B * C * C).
-static void emu_gram(const float* xa, const float* xb, float* out, float* ws, int batch, int c,
+template <typename T>
+static void emu_gram(const T* xa, const T* xb, float* out, float* ws, int batch, int c,
                      int n, int splits) {
-  GemmArgs<float, float, float, float> p{};
-  p.term[0] = GemmTerm<float, float>{xa, (int64_t)c * n, n, 1, xb, (int64_t)c * n, 1, n, n, nullptr};
+  GemmArgs<T, T, float, float> p{};
+  p.term[0] = GemmTerm<T, T>{xa, (int64_t)c * n, n, 1, xb, (int64_t)c * n, 1, n, n, nullptr};
   p.nterms = 1;
   p.batch = batch;
   p.m = c;
@@ -76,7 +85,7 @@ static void emu_gram(const float* xa, const float* xb, float* out, float* ws, in
     p.ws = ws;
   }
   emu_launch(dim3(ceil_div(c, TILE), ceil_div(c, TILE), batch * p.splits), THREADS,
-             [&] { gemm_kernel<float, float, float, float>(p); });
+             [&] { gemm_kernel<T, T, float, float>(p); });
   if (p.splits > 1) {
     const int64_t total = (int64_t)batch * c * c;
     emu_launch(dim3(ceil_div(total, THREADS)), THREADS,
@@ -84,14 +93,15 @@ static void emu_gram(const float* xa, const float* xb, float* out, float* ws, in
   }
 }
 
-void emu_cam_forward(const float* x, const float* gamma, float* out, float* attn, float* ws,
-                     int batch, int c, int n, int splits) {
+template <typename T>
+static void cam_forward(const T* x, const float* gamma, T* out, float* attn, float* ws,
+                        int batch, int c, int n, int splits) {
   emu_gram(x, x, attn, ws, batch, c, n, splits);
   const int64_t rows = (int64_t)batch * c;
   emu_launch(dim3(ceil_div(rows, THREADS / 32)), THREADS,
              [&] { cam_softmax_kernel(attn, rows, c); });
-  GemmArgs<float, float, float, float> p{};
-  p.term[0] = GemmTerm<float, float>{attn, (int64_t)c * c, c, 1, x, (int64_t)c * n, n, 1, c, nullptr};
+  GemmArgs<float, T, T, T> p{};
+  p.term[0] = GemmTerm<float, T>{attn, (int64_t)c * c, c, 1, x, (int64_t)c * n, n, 1, c, nullptr};
   p.nterms = 1;
   p.batch = batch;
   p.m = c;
@@ -109,19 +119,20 @@ void emu_cam_forward(const float* x, const float* gamma, float* out, float* attn
   }
   p.splits = 1;
   emu_launch(dim3(ceil_div(n, TILE), ceil_div(c, TILE), batch), THREADS,
-             [&] { gemm_kernel<float, float, float, float>(p); });
+             [&] { gemm_kernel<float, T, T, T>(p); });
 }
 
-void emu_cam_backward(const float* dout, const float* x, const float* attn, const float* gamma,
-                      float* dx, float* de, float* rowpart, float* dgamma, float* ws, int batch,
-                      int c, int n, int splits) {
+template <typename T>
+static void cam_backward(const T* dout, const T* x, const float* attn, const float* gamma,
+                         T* dx, float* de, float* rowpart, float* dgamma, float* ws, int batch,
+                         int c, int n, int splits) {
   emu_gram(dout, x, de, ws, batch, c, n, splits);
   const int64_t rows = (int64_t)batch * c;
   emu_launch(dim3(ceil_div(rows, THREADS / 32)), THREADS,
              [&] { cam_softmax_backward_kernel(attn, de, rowpart, gamma, rows, c); });
-  using Term = GemmTerm<float, float>;
+  using Term = GemmTerm<float, T>;
   const int64_t cc = (int64_t)c * c, cn = (int64_t)c * n;
-  GemmArgs<float, float, float, float> p{};
+  GemmArgs<float, T, T, T> p{};
   p.term[0] = Term{attn, cc, 1, c, dout, cn, n, 1, c, gamma};
   p.term[1] = Term{de, cc, c, 1, x, cn, n, 1, c, nullptr};
   p.term[2] = Term{de, cc, 1, c, x, cn, n, 1, c, nullptr};
@@ -141,8 +152,41 @@ void emu_cam_backward(const float* dout, const float* x, const float* attn, cons
   }
   p.splits = 1;
   emu_launch(dim3(ceil_div(n, TILE), ceil_div(c, TILE), batch), THREADS,
-             [&] { gemm_kernel<float, float, float, float>(p); });
+             [&] { gemm_kernel<float, T, T, T>(p); });
   emu_launch(dim3(1), THREADS, [&] { sum_all_kernel<float>(rowpart, rows, dgamma); });
 }
 
-}  // extern "C"
+// C entry points: emu_pam_forward (fp32), emu_pam_forward_f16, emu_pam_forward_bf16, ...
+// The T-typed tensors are void* so that the three share one signature.
+#define DANET_EMU_EXPORT(SUFFIX, T)                                                             \
+  extern "C" void emu_pam_forward##SUFFIX(const void* q, const void* k, const void* v,          \
+                                          const void* residual, const float* gamma, void* out,  \
+                                          void* o, float* lse, int batch, int cqk, int cv,      \
+                                          int n, float scale) {                                 \
+    pam_forward<T>((const T*)q, (const T*)k, (const T*)v, (const T*)residual, gamma, (T*)out,   \
+                   (T*)o, lse, batch, cqk, cv, n, scale);                                       \
+  }                                                                                             \
+  extern "C" void emu_pam_backward##SUFFIX(                                                     \
+      const void* dout, const void* q, const void* k, const void* v, const float* gamma,        \
+      const void* o, const float* lse, void* dq, void* dk, void* dv, float* rowdot,             \
+      float* delta, float* dgamma, int batch, int cqk, int cv, int n, float scale) {            \
+    pam_backward<T>((const T*)dout, (const T*)q, (const T*)k, (const T*)v, gamma, (const T*)o,  \
+                    lse, (T*)dq, (T*)dk, (T*)dv, rowdot, delta, dgamma, batch, cqk, cv, n,      \
+                    scale);                                                                     \
+  }                                                                                             \
+  extern "C" void emu_cam_forward##SUFFIX(const void* x, const float* gamma, void* out,         \
+                                          float* attn, float* ws, int batch, int c, int n,      \
+                                          int splits) {                                         \
+    cam_forward<T>((const T*)x, gamma, (T*)out, attn, ws, batch, c, n, splits);                 \
+  }                                                                                             \
+  extern "C" void emu_cam_backward##SUFFIX(                                                     \
+      const void* dout, const void* x, const float* attn, const float* gamma, void* dx,         \
+      float* de, float* rowpart, float* dgamma, float* ws, int batch, int c, int n,             \
+      int splits) {                                                                             \
+    cam_backward<T>((const T*)dout, (const T*)x, attn, gamma, (T*)dx, de, rowpart, dgamma, ws,  \
+                    batch, c, n, splits);                                                       \
+  }
+
+DANET_EMU_EXPORT(, float)
+DANET_EMU_EXPORT(_f16, __half)
+DANET_EMU_EXPORT(_bf16, __nv_bfloat16)

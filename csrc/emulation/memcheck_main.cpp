@@ -8,36 +8,48 @@
 
 #include "emulate.cpp"
 
-static std::vector<float> rnd(size_t n, std::mt19937& g) {
+template <typename T>
+static std::vector<T> rnd(size_t n, std::mt19937& g) {
   std::normal_distribution<float> d(0.f, 0.5f);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(g);
+  std::vector<T> v(n);
+  for (auto& x : v) x = T(d(g));
   return v;
 }
 
-int main() {
-  std::mt19937 g(0);
+// One dtype: fp32 runs the SIMT path, the half types the (emulated) WMMA path with its own
+// shared-tile layout, so each layout is bounds-checked.
+template <typename T>
+static void run_all(std::mt19937& g) {
   const int pam_shapes[][4] = {{1, 5, 70, 131}, {2, 3, 9, 17}, {1, 64, 64, 64}, {1, 1, 1, 1}};
   for (const auto& s : pam_shapes) {
     const int b = s[0], cqk = s[1], cv = s[2], n = s[3];
-    auto q = rnd((size_t)b * cqk * n, g), k = rnd((size_t)b * cqk * n, g);
-    auto v = rnd((size_t)b * cv * n, g), res = rnd((size_t)b * cv * n, g), dout = rnd((size_t)b * cv * n, g);
-    std::vector<float> gamma{0.5f}, out((size_t)b * cv * n), o((size_t)b * cv * n), lse((size_t)b * n);
-    std::vector<float> dq(q.size()), dk(k.size()), dv(v.size()), rowdot((size_t)b * n), delta((size_t)b * n), dg(1);
-    emu_pam_forward(q.data(), k.data(), v.data(), res.data(), gamma.data(), out.data(), o.data(), lse.data(), b, cqk, cv, n, 1.0f);
-    emu_pam_backward(dout.data(), q.data(), k.data(), v.data(), gamma.data(), o.data(), lse.data(), dq.data(), dk.data(),
-                     dv.data(), rowdot.data(), delta.data(), dg.data(), b, cqk, cv, n, 1.0f);
+    auto q = rnd<T>((size_t)b * cqk * n, g), k = rnd<T>((size_t)b * cqk * n, g);
+    auto v = rnd<T>((size_t)b * cv * n, g), res = rnd<T>((size_t)b * cv * n, g), dout = rnd<T>((size_t)b * cv * n, g);
+    std::vector<T> out((size_t)b * cv * n), o((size_t)b * cv * n);
+    std::vector<float> gamma{0.5f}, lse((size_t)b * n);
+    std::vector<T> dq(q.size()), dk(k.size()), dv(v.size());
+    std::vector<float> rowdot((size_t)b * n), delta((size_t)b * n), dg(1);
+    pam_forward<T>(q.data(), k.data(), v.data(), res.data(), gamma.data(), out.data(), o.data(), lse.data(), b, cqk, cv, n, 1.0f);
+    pam_backward<T>(dout.data(), q.data(), k.data(), v.data(), gamma.data(), o.data(), lse.data(), dq.data(), dk.data(),
+                    dv.data(), rowdot.data(), delta.data(), dg.data(), b, cqk, cv, n, 1.0f);
   }
   const int cam_shapes[][4] = {{1, 70, 131, 3}, {2, 3, 17, 1}, {1, 64, 64, 2}, {1, 1, 1, 1}};
   for (const auto& s : cam_shapes) {
     const int b = s[0], c = s[1], n = s[2], splits = s[3];
-    auto x = rnd((size_t)b * c * n, g), dout = rnd((size_t)b * c * n, g);
-    std::vector<float> gamma{0.5f}, out(x.size()), attn((size_t)b * c * c), dx(x.size()), de((size_t)b * c * c);
+    auto x = rnd<T>((size_t)b * c * n, g), dout = rnd<T>((size_t)b * c * n, g);
+    std::vector<T> out(x.size()), dx(x.size());
+    std::vector<float> gamma{0.5f}, attn((size_t)b * c * c), de((size_t)b * c * c);
     std::vector<float> rowpart((size_t)b * c), dg(1), ws((size_t)splits * b * c * c);
-    emu_cam_forward(x.data(), gamma.data(), out.data(), attn.data(), ws.data(), b, c, n, splits);
-    emu_cam_backward(dout.data(), x.data(), attn.data(), gamma.data(), dx.data(), de.data(), rowpart.data(), dg.data(),
-                     ws.data(), b, c, n, splits);
+    cam_forward<T>(x.data(), gamma.data(), out.data(), attn.data(), ws.data(), b, c, n, splits);
+    cam_backward<T>(dout.data(), x.data(), attn.data(), gamma.data(), dx.data(), de.data(), rowpart.data(), dg.data(),
+                    ws.data(), b, c, n, splits);
   }
+}
+
+int main() {
+  std::mt19937 g(0);
+  run_all<float>(g);
+  run_all<__nv_bfloat16>(g);  // fp16 shares bf16's layout and code path
   std::printf("memcheck ok\n");
   return 0;
 }
