@@ -38,10 +38,10 @@ _MODULES = {
 BACKENDS = ("auto", "triton", "cuda", "chunked", "eager")
 # Backends that run float64 (the pure-PyTorch ones).
 FLOAT64_BACKENDS = ("chunked", "eager")
-# On the CPU eager measured faster than chunked at every size (1.0-1.2x, benchmarks/results/
-# cpu-*), but its memory grows as N²: auto takes eager while one B x N x N fp32 matrix stays
-# under 256 MiB (N = 8192 at B = 1), chunked beyond.
-CPU_EAGER_MAX_ELEMENTS = 1 << 26
+# On the CPU (benchmarks/results/cpu-*, PAM fwd+bwd): eager is faster at N = 1024, chunked
+# from N = 3072 on (and uses a fraction of the memory). auto takes eager while one
+# B x N x N matrix has at most 2**22 elements (N = 2048 at B = 1), chunked beyond.
+CPU_EAGER_MAX_ELEMENTS = 1 << 22
 
 
 class BackendUnavailableError(RuntimeError):

@@ -88,7 +88,7 @@ def test_unavailable_backend_error_says_why(monkeypatch):
 def test_auto_picks_by_device_and_size():
     cpu = torch.device("cpu")
     assert backends.resolve("auto", cpu, torch.float32, 1, 64, 64) == "eager"
-    assert backends.resolve("auto", cpu, torch.float32, 1, 8192, 8192) == "eager"
-    assert backends.resolve("auto", cpu, torch.float32, 2, 8192, 8192) == "chunked"
+    assert backends.resolve("auto", cpu, torch.float32, 1, 2048, 2048) == "eager"
+    assert backends.resolve("auto", cpu, torch.float32, 1, 3072, 3072) == "chunked"
     assert backends.resolve("auto", torch.device("cuda"), torch.float64, 1, 8, 8) == "chunked"
     assert "eager" in danet_ops.available_backends("cpu") and "chunked" in danet_ops.available_backends("cpu")
