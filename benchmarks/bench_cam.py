@@ -107,9 +107,7 @@ def describe(cfg: dict) -> str:
 
 
 def notes(device: torch.device) -> list[str]:
-    timing = ("CUDA timing: triton.testing.do_bench (CUDA events after warm-up), median."
-              if device.type == "cuda" else
-              "CPU timing: warm-up call(s), then the median of time.perf_counter over the repeats.")
+    timing = common.timing_note(device)
     return [
         "Op: out = gamma · softmax(rowmax(E) − E) · X + x, E = X Xᵀ; x [B, C, N] "
         f"(inputs {INPUT_STD}·randn).",

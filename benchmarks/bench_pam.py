@@ -138,9 +138,7 @@ def describe(cfg: dict) -> str:
 
 
 def notes(device: torch.device) -> list[str]:
-    timing = ("CUDA timing: triton.testing.do_bench (CUDA events after warm-up), median."
-              if device.type == "cuda" else
-              "CPU timing: warm-up call(s), then the median of time.perf_counter over the repeats.")
+    timing = common.timing_note(device)
     sdpa = ("sdpa: F.scaled_dot_product_attention(q, k, v, scale=1.0) on [B, 1, N, d] contiguous "
             "copies of the channel-first inputs (the copies and the `gamma·out + x` epilogue are "
             "inside the timed call), "

@@ -622,3 +622,11 @@ def script_main(argv: Optional[list[str]], doc: str, run: Callable, runner: Call
     device = pick_device(args.device)
     peak = matmul_peak_tflops(device) if needs_peak else None
     run(args, device, environment(device), peak)
+
+
+def timing_note(device: torch.device) -> str:
+    """How the op tables' times were taken, for their headers."""
+    if device.type == "cuda":
+        return "CUDA timing: triton.testing.do_bench (CUDA events after warm-up), median."
+    return ("CPU timing: warm-up call(s), then the median of time.perf_counter over the repeats "
+            "(taken after the peak-memory call, under glibc's usual heap reuse).")
