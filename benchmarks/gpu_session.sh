@@ -16,7 +16,7 @@ pip install --no-deps --no-build-isolation -e . > "$OUT/install.log" 2>&1 || { t
 # Correctness first: every GPU test (Triton, CUDA, models), then the rest of the suite.
 python -m pytest -q -m gpu -ra tests > "$OUT/gpu_tests.log" 2>&1; gpu_rc=$?
 compute-sanitizer --tool memcheck --error-exitcode 9 \
-  python -m pytest -q -x tests/test_cuda_gpu.py -k "not slow and (221 or 37)" > "$OUT/memcheck.log" 2>&1; memcheck_rc=$?
+  python -m pytest -q -x tests/test_cuda_gpu.py -k "shape0 or shape2 or nan_propagates" > "$OUT/memcheck.log" 2>&1; memcheck_rc=$?
 
 # Speed: the whole sweep (split by op so one slow part cannot eat the rest).
 for op in pam cam model; do
