@@ -289,15 +289,9 @@ def measure(
     # page faults, which is not how a process runs normally. Time with glibc's usual
     # steady state instead: buffers up to 32 MiB reused from the heap.
     set_malloc_mmap_threshold(32 * 1024 * 1024, trim_bytes=64 * 1024 * 1024)
-    fn()
-    times = []
-    for _ in range(max(1, rep)):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
+    ms = time_ms(fn, device, warmup=1, rep=rep)
     set_malloc_mmap_threshold(trim_bytes=128 * 1024)  # back to the memory-measuring setting
-    return {"ms": statistics.median(times), "peak_bytes": peak, "mem_method": method,
-            "reps": len(times)}
+    return {"ms": ms, "peak_bytes": peak, "mem_method": method, "reps": max(1, rep)}
 
 
 def run_one(setup: Callable[[dict, torch.device], tuple], cfg: dict, device: torch.device) -> dict:

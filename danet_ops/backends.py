@@ -2,8 +2,8 @@
 
 A backend is a module exposing the contract below; it is imported only when first used,
 so a missing Triton or CUDA toolchain costs nothing until asked for. Every function gets
-validated, channel-first ``[B, C, N]`` tensors of one dtype and device, and returns new
-tensors (never views of its inputs):
+validated, channel-first ``[B, C, N]`` tensors of one dtype and device, with any strides
+(``dout`` may be expanded, stride 0), and returns new tensors (never views of its inputs):
 
 ``unavailable_reason(device) -> str | None``
     None when the backend can run on ``device``; else why not and how to get it.

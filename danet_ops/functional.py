@@ -57,8 +57,9 @@ def _check_gamma(gamma: object, ref: Tensor) -> Optional[Tensor]:
 
 
 def _flat(t: Tensor) -> Tensor:
-    """``[B, C, H, W]`` -> ``[B, C, N]``, contiguous (a view when it already is)."""
-    return t.reshape(t.shape[0], t.shape[1], -1).contiguous()
+    """``[B, C, H, W]`` -> ``[B, C, N]``: a view whenever the strides allow. Backends take
+    any strides (the Triton kernels read them; the others copy only where they must)."""
+    return t.reshape(t.shape[0], t.shape[1], -1)
 
 
 def _needs_grad(*tensors: Optional[Tensor]) -> bool:

@@ -73,7 +73,7 @@ def _pam_backward(ctx, dout, _dlse, _do):
             "call danet_ops.position_attention, which sets it"
         )
     q, k, v, gamma, o, lse = ctx.saved_tensors
-    dq, dk, dv, dgamma = pam_backward(dout.contiguous(), q, k, v, gamma, o, lse, ctx.scale, ctx.backend)
+    dq, dk, dv, dgamma = pam_backward(dout, q, k, v, gamma, o, lse, ctx.scale, ctx.backend)
     return (
         dq, dk, dv,
         dgamma if ctx.has_gamma else None,
@@ -122,7 +122,7 @@ def _cam_setup_context(ctx, inputs, output):
 
 def _cam_backward(ctx, dout, _dattn):
     x, attn, gamma = ctx.saved_tensors
-    dx, dgamma = cam_backward(dout.contiguous(), x, attn, gamma, ctx.backend)
+    dx, dgamma = cam_backward(dout, x, attn, gamma, ctx.backend)
     return dx, dgamma if ctx.has_gamma else None, None
 
 

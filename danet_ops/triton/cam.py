@@ -108,6 +108,15 @@ def _gram_kernel(
 
 
 @triton.jit
+def _sum_splits(part_ptr, pid_b, n_batch, offs, mask, C, S, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Σ_s part[s, b][offs] in split order (fixed order: bitwise reproducible), fp32."""
+    acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+    for s in range(S):
+        acc += tl.load(part_ptr + (s * n_batch + pid_b).to(tl.int64) * C * C + offs, mask=mask, other=0.0)
+    return acc
+
+
+@triton.jit
 def _softmax_kernel(part_ptr, attn_ptr, C, S, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """A = exp(rowmin(E) - E) / Σ for BLOCK_R full rows, E = Σ_s part[s] in split order.
 
@@ -122,9 +131,7 @@ def _softmax_kernel(part_ptr, attn_ptr, C, S, BLOCK_R: tl.constexpr, BLOCK_C: tl
     mask = (rows[:, None] < C) & (cols[None, :] < C)
     offs = rows[:, None] * C + cols[None, :]
 
-    e = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
-    for s in range(S):
-        e += tl.load(part_ptr + (s * n_batch + pid_b).to(tl.int64) * C * C + offs, mask=mask, other=0.0)
+    e = _sum_splits(part_ptr, pid_b, n_batch, offs, mask, C, S, BLOCK_R, BLOCK_C)
     # Padding columns get +inf so that they neither set the row minimum nor add to Σ.
     e = tl.where(cols[None, :] < C, e, float("inf"))
     p = tl.exp(tl.min(e, axis=1)[:, None] - e)
@@ -185,9 +192,7 @@ def _attn_grad_kernel(
     mask = (rows[:, None] < C) & (cols[None, :] < C)
     offs = rows[:, None] * C + cols[None, :]
 
-    g = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
-    for s in range(S):
-        g += tl.load(part_ptr + (s * n_batch + pid_b).to(tl.int64) * C * C + offs, mask=mask, other=0.0)
+    g = _sum_splits(part_ptr, pid_b, n_batch, offs, mask, C, S, BLOCK_R, BLOCK_C)
     a = tl.load(attn_ptr + pid_b.to(tl.int64) * C * C + offs, mask=mask, other=0.0)
     if HAS_GAMMA:
         tl.store(dgamma_ptr + pid_b * tl.num_programs(0) + pid_r, tl.sum(a * g))
