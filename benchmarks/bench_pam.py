@@ -19,7 +19,7 @@ from benchmarks import common
 
 MODULE = "benchmarks.bench_pam"
 TITLE = "PAM (position attention) op benchmark"
-BASELINES = ["compile", "sdpa"]
+BASELINES = ["compile", "sdpa", "flex"]
 
 
 def plan(args: argparse.Namespace, device: torch.device) -> dict:
@@ -85,6 +85,41 @@ def _sdpa(q, k, v, gamma, x, cuda: bool):
     return gamma * o.squeeze(1).transpose(1, 2) + x
 
 
+# FlexAttention's default tiles do not fit a value head dim of 512 in shared memory; these
+# are tried in order and the first that compiles and runs is used (the row names it).
+FLEX_KERNEL_OPTIONS = [
+    None,
+    {"BLOCK_M": 32, "BLOCK_N": 32, "num_stages": 1, "num_warps": 4,
+     "BLOCK_M1": 16, "BLOCK_N1": 32, "BLOCK_M2": 32, "BLOCK_N2": 16},
+    {"BLOCK_M": 16, "BLOCK_N": 16, "num_stages": 1, "num_warps": 4,
+     "BLOCK_M1": 16, "BLOCK_N1": 16, "BLOCK_M2": 16, "BLOCK_N2": 16},
+]
+
+
+def _flex(q, k, v, gamma, x, grad: bool, dout):
+    """FlexAttention under torch.compile on [B, 1, N, d] copies, scale=1.0; returns the
+    forward to time and the kernel options that ran (the first of FLEX_KERNEL_OPTIONS that
+    works for this shape, dtype and mode)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    torch._dynamo.reset()
+    compiled = torch.compile(flex_attention, dynamic=False)
+    errors = []
+    for options in FLEX_KERNEL_OPTIONS:
+        def forward(options=options):
+            qs, ks, vs = (t.transpose(1, 2).unsqueeze(1).contiguous() for t in (q, k, v))
+            o = compiled(qs, ks, vs, scale=1.0, kernel_options=options)
+            return gamma * o.squeeze(1).transpose(1, 2) + x
+        try:
+            out = forward()
+            if grad:
+                torch.autograd.grad(out, (q, k, v, gamma, x), dout)
+            return forward, options
+        except Exception as exc:  # out of shared memory etc.: try smaller tiles
+            errors.append(f"{options}: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
+    raise RuntimeError("flex_attention ran with none of the kernel options: " + " | ".join(errors))
+
+
 def setup(cfg: dict, device: torch.device):
     """Inputs and the function to time for one config; returns (fn, extra row fields)."""
     import danet_ops
@@ -93,6 +128,7 @@ def setup(cfg: dict, device: torch.device):
     dtype = common.DTYPES[cfg["dtype"]]
     grad = cfg["mode"] == "fwdbwd"
     b, c, cqk, n = cfg["B"], cfg["C"], cfg["Cqk"], cfg["N"]
+    extra = {"flops": flops(cfg)}
 
     def make(*shape):
         return torch.randn(*shape, device=device, dtype=dtype).requires_grad_(grad)
@@ -111,6 +147,10 @@ def setup(cfg: dict, device: torch.device):
 
         def forward():
             return compiled(q, k, v, gamma, x)
+    elif backend == "flex":
+        dout_probe = torch.randn(b, c, n, device=device, dtype=dtype)
+        forward, options = _flex(q, k, v, gamma, x, grad, dout_probe)
+        extra["flex_kernel_options"] = "default" if options is None else str(options)
     else:
         def forward():
             return danet_ops.position_attention(q, k, v, gamma=gamma, residual=x, backend=backend)
@@ -126,7 +166,7 @@ def setup(cfg: dict, device: torch.device):
         def fn():
             with torch.no_grad():
                 forward()
-    return fn, {"flops": flops(cfg)}
+    return fn, extra
 
 
 def runner(cfg: dict, device: torch.device) -> dict:

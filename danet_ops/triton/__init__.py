@@ -6,6 +6,7 @@ Triton's interpreter when ``TRITON_INTERPRET=1`` is set before they are imported
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Optional
 
@@ -26,25 +27,34 @@ def unavailable_reason(device: torch.device) -> Optional[str]:
     return "Triton kernels need CUDA tensors (or CPU tensors under TRITON_INTERPRET=1)"
 
 
+def _on(device: torch.device):
+    """Launch on the tensors' GPU: Triton launches on the current device, not the tensors'."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def pam_forward(q, k, v, gamma, residual, scale, save_o):
     from danet_ops.triton.pam import pam_forward as run
 
-    return run(q, k, v, gamma, residual, scale, save_o)
+    with _on(q.device):
+        return run(q, k, v, gamma, residual, scale, save_o)
 
 
 def pam_backward(dout, q, k, v, gamma, o, lse, scale):
     from danet_ops.triton.pam import pam_backward as run
 
-    return run(dout, q, k, v, gamma, o, lse, scale)
+    with _on(q.device):
+        return run(dout, q, k, v, gamma, o, lse, scale)
 
 
 def cam_forward(x, gamma):
     from danet_ops.triton.cam import cam_forward as run
 
-    return run(x, gamma)
+    with _on(x.device):
+        return run(x, gamma)
 
 
 def cam_backward(dout, x, attn, gamma):
     from danet_ops.triton.cam import cam_backward as run
 
-    return run(dout, x, attn, gamma)
+    with _on(x.device):
+        return run(dout, x, attn, gamma)

@@ -50,7 +50,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from danet_ops.triton import interpreter_enabled
+from danet_ops.triton import configs, interpreter_enabled
 
 # --- kernels -------------------------------------------------------------------------------
 
@@ -267,48 +267,53 @@ _SPLIT_ALIGN = 128
 _MIN_SPLIT_LEN = 512
 
 
-def _gram_configs(major: int) -> list[triton.Config]:
+def _gram_configs(major: int) -> tuple[list[triton.Config], list[triton.Config]]:
+    """(half, fp32) candidates for the Gram kernel. Its fp32 "ieee" dots spill on sm_90 in
+    every tile but 128x32 (``benchmarks/results/static-sm90/``)."""
     stages = (3, 4) if major >= 9 else (2, 3)
-    configs = []
-    for block_c, block_k, warps in ((64, 64, 4), (64, 128, 4), (128, 32, 8), (128, 64, 8)):
-        for st in stages:
-            configs.append(triton.Config({"BLOCK_C": block_c, "BLOCK_K": block_k}, num_warps=warps, num_stages=st))
-    return configs
+    fp32 = [configs.config(8, st, BLOCK_C=128, BLOCK_K=32) for st in stages]
+    tiles = ((64, 64, 4), (64, 128, 4), (128, 64, 8))
+    return fp32 + [configs.config(w, stages[0], BLOCK_C=c, BLOCK_K=k) for c, k, w in tiles], fp32
 
 
 def _matmul_configs(major: int, name: str) -> list[triton.Config]:
-    """Configs for the [C, N]-tiled kernels (``attn_x``, ``dx``).
+    """Configs for the [C, N]-tiled kernels (``attn_x``, ``dx``), every dtype.
 
-    ``dx`` stages four operand tiles, two of them fp32, so it drops BLOCK_K = 64 and runs
-    128x128 tiles with the fewer stages only: with fp32 inputs those would exceed shared
-    memory (checked by compiling every config for sm_80 and sm_90 with Triton's ptxas).
+    ``dx`` stages four operand tiles, two of them fp32, so it drops BLOCK_K = 64: with fp32
+    inputs that tile would exceed shared memory (sm_80 and sm_90, Triton's ptxas). One stage
+    count per arch keeps first-use compiles bounded (a DANet step: at most 40).
     """
-    stages = (3, 4) if major >= 9 else (2, 3)
+    stages = 3 if major >= 9 else 2
     tiles = [(64, 64, 32, 4), (64, 128, 32, 4), (128, 64, 32, 4), (128, 128, 32, 8), (64, 128, 64, 4)]
     if name == "dx":
         tiles = tiles[:-1]
-    configs = []
-    for block_m, block_n, block_k, warps in tiles:
-        for st in stages:
-            if name == "dx" and block_m == block_n == 128 and st != stages[0]:
-                continue
-            configs.append(triton.Config(
-                {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k}, num_warps=warps, num_stages=st,
-            ))
-    return configs
+    return [configs.config(warps, stages, BLOCK_M=m, BLOCK_N=n, BLOCK_K=k) for m, n, k, warps in tiles]
+
+
+# The argument whose dtype (the input's) picks a kernel's candidate list.
+_DTYPE_ARG = {"gram": "a_ptr", "attn_x": "x_ptr", "dx": "x_ptr"}
 
 
 @functools.cache
 def _tuned(name: str, device_index: int):
     """The autotuned wrapper of kernel ``name`` for one GPU (configs chosen by its arch).
 
-    Keyed on C and a power-of-two bucket of N (or of the split length); Triton adds the
-    tensors' dtypes to the key itself.
+    Keyed on C, a power-of-two bucket of N (or of the split length) and the dot precision;
+    Triton adds the tensors' dtypes to the key itself.
     """
-    major, _ = torch.cuda.get_device_capability(device_index)
     kernel = {"gram": _gram_kernel, "attn_x": _attn_x_kernel, "dx": _dx_kernel}[name]
-    configs = _gram_configs(major) if name == "gram" else _matmul_configs(major, name)
-    return triton.autotune(configs=configs, key=["C", "N_BUCKET"])(kernel)
+    if interpreter_enabled():
+        interpreter = _INTERPRET_GRAM if name == "gram" else _INTERPRET_MATMUL
+        half = fp32 = []
+    else:
+        major, _ = torch.cuda.get_device_capability(device_index)
+        interpreter = {}
+        if name == "gram":
+            half, fp32 = _gram_configs(major)
+        else:
+            half = fp32 = _matmul_configs(major, name)
+    return configs.autotune(half=half, fp32=fp32, interpreter=interpreter,
+                            key=["C", "N_BUCKET", "PRECISION"], dtype_arg=_DTYPE_ARG[name])(kernel)
 
 
 @functools.cache
@@ -320,13 +325,10 @@ def _device_index(device: torch.device) -> int:
     return device.index if device.index is not None else torch.cuda.current_device()
 
 
-def _launch(name: str, kernel, grid, args: tuple, kwargs: dict, device: torch.device) -> None:
-    """Run ``kernel`` with the interpreter's fixed blocks, or autotuned on a GPU."""
-    if interpreter_enabled():
-        fixed = _INTERPRET_GRAM if name == "gram" else _INTERPRET_MATMUL
-        kernel[grid(fixed)](*args, **kwargs, **fixed)
-    else:
-        _tuned(name, _device_index(device))[grid](*args, **kwargs)
+def _launch(name: str, grid, args: tuple, kwargs: dict, device: torch.device) -> None:
+    """Run kernel ``name``: autotuned on a GPU, the interpreter's fixed blocks on the CPU."""
+    index = 0 if interpreter_enabled() else _device_index(device)
+    _tuned(name, index)[grid](*args, **kwargs)
 
 
 def _bucket(n: int) -> int:
@@ -363,7 +365,7 @@ def _gram_partials(a: Tensor, b: Tensor, symmetric: bool) -> tuple[Tensor, int]:
         return (triton.cdiv(c, meta["BLOCK_C"]) ** 2, splits, batch)
 
     _launch(
-        "gram", _gram_kernel, grid, (a, b, part, c, n, split_len, _bucket(split_len)),
+        "gram", grid, (a, b, part, c, n, split_len, _bucket(split_len)),
         {"SYMMETRIC": symmetric, "PRECISION": precision}, a.device,
     )
     return part, splits
@@ -408,7 +410,7 @@ def cam_forward(x: Tensor, gamma: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         return (triton.cdiv(c, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]), batch)
 
     _launch(
-        "attn_x", _attn_x_kernel, grid, (attn, x, gamma if has_gamma else x, out, c, n, _bucket(n)),
+        "attn_x", grid, (attn, x, gamma if has_gamma else x, out, c, n, _bucket(n)),
         {"HAS_GAMMA": has_gamma, "PRECISION": _matmul_precision(x.dtype)}, x.device,
     )
     return out, attn
@@ -442,7 +444,7 @@ def cam_backward(dout: Tensor, x: Tensor, attn: Tensor, gamma: Optional[Tensor])
         return (triton.cdiv(c, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]), batch)
 
     _launch(
-        "dx", _dx_kernel, grid,
+        "dx", grid,
         (attn, d_energy, x, dout, gamma if has_gamma else x, dx, c, n, _bucket(n)),
         {"HAS_GAMMA": has_gamma, "PRECISION": _matmul_precision(x.dtype)}, x.device,
     )

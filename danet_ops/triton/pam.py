@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from danet_ops.triton import interpreter_enabled
+from danet_ops.triton import configs
 
 # log2(e). Kernels spell it (and ln 2 = 0.6931...) as literals: a @triton.jit function
 # can read only constexpr globals.
@@ -38,82 +38,56 @@ LOG2E = 1.4426950408889634
 
 # --- configurations ----------------------------------------------------------------------
 #
-# The interpreter cannot autotune over several configs, so it gets one fixed config (small
-# v tiles so that tests with Cv = 96 cover more than one v block). On a GPU the autotuner
-# picks per (Cqk, Cv, N bucket) and, implicitly, the dtypes of the tensor arguments.
-# The candidates are the usual ones for sm_80/sm_90 attention kernels; which wins (and
-# whether a wider BLOCK_DV beats the extra S recomputation) has to be measured on a GPU.
+# Candidates per kernel and input dtype (``danet_ops.triton.configs``): each compiles for
+# sm_90 without spills and within shared memory (benchmarks/results/static-sm90/); the
+# first is the known-good one that DANET_OPS_TRITON_CONFIG=first pins. fp32 keeps the
+# small tile only: its "ieee" dots spill in every larger one. Which wins among the rest
+# (and whether a wider BLOCK_DV beats the extra S recomputation) is the autotuner's call.
 
-
-def _configs(gpu_configs: list[dict], interpreter_config: dict) -> list[triton.Config]:
-    if interpreter_enabled():
-        return [triton.Config(interpreter_config, num_warps=4, num_stages=1)]
-    out = []
-    for c in gpu_configs:
-        c = dict(c)
-        warps, stages = c.pop("warps"), c.pop("stages")
-        out.append(triton.Config(c, num_warps=warps, num_stages=stages))
-    return out
-
-
+_C = configs.config
+# Under the interpreter: small v tiles, so tests with Cv = 96 cover more than one v block.
 _INTERPRETER_BLOCKS = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_DV": 64}
-# A config that fits shared memory and registers at the extremes (fp32, Cqk = 256), where
-# the larger ones fail to compile and the autotuner skips them.
-_SMALL = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_DV": 64, "warps": 4, "stages": 1}
+_SMALL = _C(4, 1, BLOCK_M=32, BLOCK_N=32, BLOCK_DV=64)
+_KEY = ["CQK", "CV", "N_BUCKET", "QK_PRECISION", "MM_PRECISION"]
 
-_FWD_CONFIGS = _configs(
-    [
-        {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_DV": 128, "warps": 4, "stages": 3},
-        {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_DV": 256, "warps": 8, "stages": 2},
-        {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_DV": 128, "warps": 8, "stages": 3},
-        {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_DV": 64, "warps": 4, "stages": 3},
-        {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_DV": 128, "warps": 8, "stages": 2},
-        {"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_DV": 128, "warps": 4, "stages": 4},
-        _SMALL,
-    ],
-    _INTERPRETER_BLOCKS,
-)
-
+_FWD_HALF = [
+    _C(4, 3, BLOCK_M=64, BLOCK_N=64, BLOCK_DV=128),
+    _C(8, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_DV=256),
+    _C(8, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_DV=128),
+    _C(4, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_DV=64),
+    _C(8, 2, BLOCK_M=128, BLOCK_N=128, BLOCK_DV=128),
+]
 # Backward kernels that own a key block and loop over query blocks (dV, dK[+dQ]).
-_BWD_KV_CONFIGS = _configs(
-    [
-        {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_DV": 64, "warps": 4, "stages": 2},
-        {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_DV": 128, "warps": 4, "stages": 3},
-        {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_DV": 64, "warps": 8, "stages": 2},
-        {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_DV": 128, "warps": 8, "stages": 3},
-        {"BLOCK_M": 32, "BLOCK_N": 128, "BLOCK_DV": 64, "warps": 4, "stages": 3},
-        _SMALL,
-    ],
-    _INTERPRETER_BLOCKS,
-)
-
+_BWD_DV_HALF = [
+    _C(4, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_DV=64),
+    _C(4, 3, BLOCK_M=64, BLOCK_N=64, BLOCK_DV=128),
+    _C(8, 2, BLOCK_M=64, BLOCK_N=128, BLOCK_DV=64),
+    _C(8, 3, BLOCK_M=64, BLOCK_N=128, BLOCK_DV=128),
+    _C(4, 3, BLOCK_M=32, BLOCK_N=128, BLOCK_DV=64),
+]
+_BWD_DK_HALF = [
+    _C(4, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_DV=64),
+    _C(8, 2, BLOCK_M=64, BLOCK_N=128, BLOCK_DV=64),
+]
 # The deterministic dQ kernel owns a query block and loops over key blocks.
-_BWD_Q_CONFIGS = _configs(
-    [
-        {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_DV": 64, "warps": 4, "stages": 2},
-        {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_DV": 128, "warps": 4, "stages": 3},
-        {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_DV": 64, "warps": 8, "stages": 2},
-        {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_DV": 128, "warps": 8, "stages": 3},
-        _SMALL,
-    ],
-    _INTERPRETER_BLOCKS,
-)
+_BWD_DQ_HALF = [
+    _C(4, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_DV=64),
+    _C(4, 3, BLOCK_M=64, BLOCK_N=64, BLOCK_DV=128),
+    _C(8, 2, BLOCK_M=128, BLOCK_N=64, BLOCK_DV=64),
+    _C(8, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_DV=128),
+]
+_PRE = [_C(4, 2, BLOCK_M=128, BLOCK_DV=64), _C(4, 2, BLOCK_M=64, BLOCK_DV=128)]
 
-_PRE_CONFIGS = _configs(
-    [
-        {"BLOCK_M": 128, "BLOCK_DV": 64, "warps": 4, "stages": 2},
-        {"BLOCK_M": 64, "BLOCK_DV": 128, "warps": 4, "stages": 2},
-    ],
-    {"BLOCK_M": 64, "BLOCK_DV": 64},
-)
 
-_KEY = ["CQK", "CV", "N_BUCKET"]
+def _tune(half: list, fp32: list, interpreter: dict = _INTERPRETER_BLOCKS, **kwargs):
+    return configs.autotune(half=half, fp32=fp32, interpreter=interpreter, key=_KEY,
+                            dtype_arg="Q", **kwargs)
 
 
 # --- forward -----------------------------------------------------------------------------
 
 
-@triton.autotune(configs=_FWD_CONFIGS, key=_KEY)
+@_tune(_FWD_HALF + [_SMALL], [_SMALL])
 @triton.jit
 def _pam_fwd_kernel(
     Q, K, V, Gamma, Res, Out, O, Lse,
@@ -196,7 +170,8 @@ def _pam_fwd_kernel(
 # --- backward ----------------------------------------------------------------------------
 
 
-@triton.autotune(configs=_PRE_CONFIGS, key=_KEY)
+@configs.autotune(half=_PRE, fp32=_PRE, interpreter={"BLOCK_M": 64, "BLOCK_DV": 64},
+                  key=["CQK", "CV", "N_BUCKET"], dtype_arg="Dout")
 @triton.jit
 def _pam_bwd_preprocess_kernel(
     Dout, O, Gamma, Delta, RowDot,
@@ -230,7 +205,7 @@ def _pam_bwd_preprocess_kernel(
     tl.store(Delta + b * N + offs_m, delta, mask=mask_m)
 
 
-@triton.autotune(configs=_BWD_KV_CONFIGS, key=_KEY)
+@_tune(_BWD_DV_HALF + [_SMALL], [_SMALL])
 @triton.jit
 def _pam_bwd_dv_kernel(
     Q, K, Dout, Gamma, Lse, DV,
@@ -281,7 +256,7 @@ def _pam_bwd_dv_kernel(
              acc.to(DV.dtype.element_ty), mask=mask_n[:, None] & mask_c[None, :])
 
 
-@triton.autotune(configs=_BWD_KV_CONFIGS, key=_KEY, reset_to_zero=["DQ"])
+@_tune(_BWD_DK_HALF + [_SMALL], [_SMALL], reset_to_zero=["DQ"])
 @triton.jit
 def _pam_bwd_dk_kernel(
     Q, K, V, Dout, Gamma, Lse, Delta, DK, DQ,
@@ -348,12 +323,12 @@ def _pam_bwd_dk_kernel(
         if ATOMIC_DQ:
             dqt = tl.dot(kt, dst.to(kt.dtype), input_precision=MM_PRECISION)  # [D, M]
             tl.atomic_add(DQ + b * CQK * N + offs_d[:, None] * N + offs_m[None, :], dqt,
-                          mask=mask_d[:, None] & mask_m[None, :])
+                          mask=mask_d[:, None] & mask_m[None, :], sem="relaxed")
     tl.store(DK + b * CQK * N + offs_d[None, :] * N + offs_n[:, None],
              dk.to(DK.dtype.element_ty), mask=mask_n[:, None] & mask_d[None, :])
 
 
-@triton.autotune(configs=_BWD_Q_CONFIGS, key=_KEY)
+@_tune(_BWD_DQ_HALF + [_SMALL], [_SMALL])
 @triton.jit
 def _pam_bwd_dq_kernel(
     Q, K, V, Dout, Gamma, Lse, Delta, DQ,
