@@ -384,9 +384,9 @@ def add_ratios(rows: list[dict], group_keys: tuple[str, ...], baseline: str = "e
     base = {}
     for r in rows:
         if r["backend"] == baseline and r["status"] == "ok":
-            base[tuple(r[k] for k in group_keys)] = r
+            base[tuple(r.get(k) for k in group_keys)] = r
     for r in rows:
-        b = base.get(tuple(r[k] for k in group_keys))
+        b = base.get(tuple(r.get(k) for k in group_keys))
         r["speedup_vs_eager"] = None
         r["mem_vs_eager"] = None
         if b is None or r["status"] != "ok":
@@ -416,9 +416,9 @@ def fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
-def output_dir(root: Optional[str], device: torch.device) -> Path:
+def output_dir(root: Optional[str], device: torch.device, slug: Optional[str] = None) -> Path:
     path = Path(root) if root else RESULTS_ROOT
-    path = path / device_slug(device)
+    path = path / (slug or device_slug(device))
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -450,6 +450,14 @@ def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
             w.writerow(["" if r.get(c) is None else r.get(c) for c in columns])
 
 
+# One colour and marker per backend in every chart.
+BACKEND_STYLE = {
+    "eager": ("tab:blue", "o"), "compile": ("tab:orange", "s"), "sdpa": ("tab:green", "^"),
+    "flex": ("tab:red", "v"), "chunked": ("tab:brown", "D"), "triton": ("tab:purple", "*"),
+    "cuda": ("tab:gray", "X"),
+}
+
+
 def plot_against_n(path: Path, rows: list[dict], value_key: str, ylabel: str,
                    panel_keys: tuple[str, ...], title: str) -> bool:
     """One panel per ``panel_keys`` combination, one line per backend, value against N."""
@@ -470,7 +478,9 @@ def plot_against_n(path: Path, rows: list[dict], value_key: str, ylabel: str,
         sel = [r for r in ok if tuple(r[k] for k in panel_keys) == panel]
         for backend in dict.fromkeys(r["backend"] for r in sel):
             pts = sorted((r["N"], r[value_key]) for r in sel if r["backend"] == backend)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=backend)
+            color, marker = BACKEND_STYLE.get(backend, ("black", "o"))
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color,
+                    label=backend, markersize=8)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("N = H·W")
@@ -572,14 +582,17 @@ OP_COLUMNS = [
     ("mode", "mode"), ("backend", "backend"), ("ms", "median ms"), ("tflops", "TFLOP/s"),
     ("pct_peak", "% of mm peak"), ("peak_mib", "peak extra MiB"),
     ("speedup_vs_eager", "speedup vs eager (×)"), ("mem_vs_eager", "memory vs eager (×)"),
-    ("err_vs_chunked", "max rel. err vs chunked"), ("status", "status"),
+    ("err_vs_chunked", "max rel. err vs chunked"), ("status", "status"), ("run", "run"),
 ]
 OP_CSV_COLUMNS = [k for k, _ in OP_COLUMNS] + ["flops", "peak_bytes", "mem_method", "device"]
 
 
 def finish_op(op: str, title: str, rows: list[dict], device: torch.device, env: dict,
-              notes: list[str], out_root: Optional[str], peak_tflops: Optional[float]) -> Path:
-    """Derived columns (TFLOP/s, % of peak, ratios), then <op>.md/.csv/_time.png/_memory.png."""
+              notes: list[str], out_root: Optional[str], peak_tflops: Optional[float],
+              slug: Optional[str] = None) -> Path:
+    """Derived columns (TFLOP/s, % of peak, ratios), then <op>.md/.csv/_time.png/_memory.png.
+
+    ``slug`` names the output folder when the rows were measured elsewhere (re-rendered)."""
     for r in rows:
         ok = r["status"] == "ok"
         r["tflops"] = r["flops"] / (r["ms"] * 1e-3) / 1e12 if ok and r["ms"] > 0 else None
@@ -587,8 +600,9 @@ def finish_op(op: str, title: str, rows: list[dict], device: torch.device, env: 
         r["peak_mib"] = r["peak_bytes"] / 2**20 if ok else None
         if not ok:
             r["ms"] = None
-    add_ratios(rows, ("shape", "B", "C", "Cqk", "dtype", "mode"))
-    out = output_dir(out_root, device)
+    # Ratios only within one run ("run" is set where a table joins several).
+    add_ratios(rows, ("shape", "B", "C", "Cqk", "dtype", "mode", "run"))
+    out = output_dir(out_root, device, slug)
     env = dict(env)
     if peak_tflops:
         env["measured dense bf16 matmul peak"] = f"{peak_tflops:.0f} TFLOP/s (8192³ torch.mm, do_bench median)"
@@ -600,6 +614,8 @@ def finish_op(op: str, title: str, rows: list[dict], device: torch.device, env: 
                    f"{op.upper()} time, {env['device']}")
     plot_against_n(out / f"{op}_memory.png", mem_rows, "peak_mib", "peak extra memory (MiB)",
                    ("dtype", "mode"), f"{op.upper()} peak memory, {env['device']}")
+    plot_against_n(out / f"{op}_speedup.png", rows, "speedup_vs_eager", "speedup vs eager (×, >1 = faster)",
+                   ("dtype", "mode"), f"{op.upper()} speedup vs eager, {env['device']}")
     print(f"  wrote {out / (op + '.md')} and .csv")
     return out
 

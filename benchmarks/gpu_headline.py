@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import faulthandler
 import os
 import sys
 import time
@@ -154,12 +155,14 @@ def _available(backend: str, device: torch.device) -> bool:
     return backend in danet_ops.available_backends(device)
 
 
-def run(out: Path, device: torch.device, budget_s: float, dry_run: bool) -> None:
+def run(out: Path, device: torch.device, budget_s: float, dry_run: bool, only: dict,
+        stuck_s: float = 60.0) -> None:
     env = common.environment(device)
     peak = common.matmul_peak_tflops(device)
     rows_csv = out / "rows.csv"
     out.mkdir(parents=True, exist_ok=True)
-    cfgs = [c for c in plan(device, dry_run) if _available(c["backend"], device)]
+    cfgs = [c for c in plan(device, dry_run) if _available(c["backend"], device)
+            and all(c[k] in v for k, v in only.items())]
     print(f"headline: {len(cfgs)} rows on {env['device']}, budget {budget_s:.0f} s", flush=True)
     start = time.perf_counter()
     rows = []
@@ -170,7 +173,10 @@ def run(out: Path, device: torch.device, budget_s: float, dry_run: bool) -> None
             if time.perf_counter() - start > budget_s:
                 print(f"budget reached: {len(cfgs) - i} rows not run", flush=True)
                 break
+            # A row still running after this long prints every thread's stack to the log.
+            faulthandler.dump_traceback_later(stuck_s, repeat=True)
             row = measure_row(cfg, device)
+            faulthandler.cancel_dump_traceback_later()
             rows.append(row)
             writer.writerow(row)
             f.flush()
@@ -189,6 +195,40 @@ def run(out: Path, device: torch.device, budget_s: float, dry_run: bool) -> None
                              "(`python -m benchmarks.gpu_headline`); err vs chunked: max "
                              "‖x − ref‖/‖ref‖ over out and input gradients, ref = chunked in float64."]
             common.finish_op(op, title + " (GPU headline)", op_rows, device, env, notes, str(out), peak)
+
+
+def render(sources: list[str], out: Path, env_file: Path, notes: list[str]) -> None:
+    """pam/cam tables from the ``rows.csv`` of several runs (``LABEL=PATH`` each), for the
+    device those runs measured (``env_file``: the ``device_info`` output). Ratios to eager
+    are taken within one run only."""
+    env = {}
+    for line in env_file.read_text().splitlines():
+        key, sep, value = line.partition(": ")
+        if not sep or line.startswith((" ", "|", "+")):
+            break
+        env[key] = value
+    peak = float(env["measured dense bf16 matmul"].split()[0])
+    ints = ("N", "B", "C", "Cqk", "H", "W")
+    floats = ("ms", "flops", "peak_bytes", "err_vs_chunked", "seconds")
+    rows = []
+    for source in sources:
+        label, _, path = source.partition("=")
+        with open(path) as f:
+            for r in csv.DictReader(f):
+                r = {k: (None if v == "" else v) for k, v in r.items()}
+                for k in ints:
+                    r[k] = int(r[k]) if r.get(k) is not None else None
+                for k in floats:
+                    r[k] = float(r[k]) if r.get(k) is not None else None
+                r["run"] = label
+                rows.append(r)
+    device, slug = torch.device("cuda"), common.slugify(env["device"])
+    for op, title, op_notes in (("pam", bench_pam.TITLE, bench_pam.notes(device)),
+                                ("cam", bench_cam.TITLE, bench_cam.notes(device))):
+        op_rows = [r for r in rows if r["op"] == op]
+        if op_rows:
+            common.finish_op(op, title + " (GPU headline)", op_rows, device, env,
+                             op_notes + notes, str(out), peak, slug)
 
 
 def _write_autotune_choices(path: Path) -> None:
@@ -226,15 +266,28 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=str(common.RESULTS_ROOT))
     p.add_argument("--budget-s", type=float, default=200.0, help="start no new row after this")
     p.add_argument("--prewarm", help="triton:K, compile or flex: compile only, no timing")
+    p.add_argument("--render", nargs="+", metavar="LABEL=ROWS_CSV",
+                   help="no run: write the tables from earlier runs' rows.csv (with --env-file)")
+    p.add_argument("--env-file", help="with --render: the device_info output of those runs")
+    p.add_argument("--note", action="append", default=[], help="with --render: a note for the tables")
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, Triton interpreter")
+    p.add_argument("--stuck-s", type=float, default=60.0,
+                   help="a row running longer than this prints every thread's stack")
+    for name in ("op", "shape", "dtype", "mode", "backend"):
+        p.add_argument(f"--{name}s", help=f"comma-separated: run only the rows with these {name}s")
     args = p.parse_args(argv)
+    only = {name: getattr(args, f"{name}s").split(",") for name in ("op", "shape", "dtype", "mode", "backend")
+            if getattr(args, f"{name}s")}
+    if args.render:
+        render(args.render, Path(args.out), Path(args.env_file), args.note)
+        return
     if args.dry_run:
         os.environ.setdefault("TRITON_INTERPRET", "1")
     device = torch.device("cpu" if args.dry_run else "cuda")
     if args.prewarm:
         prewarm(args.prewarm, device, args.dry_run)
     else:
-        run(Path(args.out), device, args.budget_s, args.dry_run)
+        run(Path(args.out), device, args.budget_s, args.dry_run, only, args.stuck_s)
 
 
 if __name__ == "__main__":

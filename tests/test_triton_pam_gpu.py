@@ -245,10 +245,13 @@ def test_deterministic_bitwise(dtype):
     assert all(e <= TOL[dtype] for e in errs.values()), errs
 
 
-def _module_grads(module, x, dout):
+def _module_grads(module, x, dout, params_of=None):
+    """out, and {name: gradient} for x and every parameter (of ``params_of``, the
+    uncompiled module, whose names carry no ``_orig_mod.`` prefix)."""
     out = module(x)
-    grads = torch.autograd.grad(out, [x, *module.parameters()], dout)
-    return out, grads
+    names, params = zip(*(params_of or module).named_parameters())
+    grads = torch.autograd.grad(out, [x, *params], dout)
+    return out, dict(zip(("x", *names), grads))
 
 
 def test_torch_compile_fullgraph():
@@ -259,10 +262,17 @@ def test_torch_compile_fullgraph():
     dout = torch.randn(2, 512, 32, 48, device=DEVICE)
     out, grads = _module_grads(module, x, dout)
     compiled = torch.compile(module, fullgraph=True)
-    out_c, grads_c = _module_grads(compiled, x, dout)
+    out_c, grads_c = _module_grads(compiled, x, dout, params_of=module)
     assert rel_err(out_c, out) <= 1e-5
-    for g_c, g in zip(grads_c, grads):
-        assert rel_err(g_c, g) <= 1e-5
+    biggest = max(g.abs().max().item() for g in grads.values())
+    for name, g in grads.items():
+        if name == "key_project.bias":
+            # Exactly zero in exact arithmetic (q·b_k is constant along each softmax row),
+            # so what both runs hold is rounding noise (~1e-5 against gradients of ~10,
+            # seen on an H200): bounded against the largest gradient, not against itself.
+            assert (grads_c[name] - g).abs().max().item() <= 1e-5 * biggest, name
+        else:
+            assert rel_err(grads_c[name], g) <= 1e-5, name
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
