@@ -25,12 +25,11 @@ class Scale(nn.Module):
         return x * self.scale
 
 
-def _check_channels(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise (ValueError if isinstance(value, int) else TypeError)(
-            f"{name} must be a positive int, got {value!r}"
-        )
-    return value
+def _check_channels(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value}")
 
 
 def _check_input(module: str, x: object, channels: int | None = None) -> None:
@@ -47,7 +46,9 @@ def _check_input(module: str, x: object, channels: int | None = None) -> None:
         hints.append("for one unbatched [C, H, W] image add the batch dimension with x.unsqueeze(0)")
     if x.dim() == 3 and (channels is None or shape[1] == channels):
         hints.append("for [B, C, N] positions use x.unsqueeze(-1) ([B, C, N, 1])")
-    raise ValueError(f"{module} expects x of shape {expected}, got {shape}" + "".join(f"; {h}" for h in hints))
+    raise ValueError(
+        f"{module} expects x of shape {expected}, got {shape}" + "".join(f"; {h}" for h in hints)
+    )
 
 
 def _as_input_dtype(residual: Tensor, like: Tensor) -> Tensor:
