@@ -1,12 +1,14 @@
 """danet_ops: fused, memory-efficient kernels for DANet's position and channel attention."""
-from danet_ops.backends import BackendUnavailableError, available_backends
-from danet_ops.functional import channel_attention, position_attention
+from danet_ops.backends import BACKENDS, BackendUnavailableError, available_backends
+from danet_ops.functional import AttentionMemoryError, channel_attention, position_attention
 from danet_ops.modules import CAM, PAM, Scale, replace_attention
 from danet_ops.reference import channel_attention_reference, position_attention_reference
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AttentionMemoryError",
+    "BACKENDS",
     "BackendUnavailableError",
     "CAM",
     "PAM",

@@ -75,13 +75,24 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
     return [b for b in BACKENDS[1:] if unavailable_reason(b, device) is None]
 
 
+def check_name(backend: object) -> str:
+    """``backend`` if it names a backend (available here or not); else TypeError/ValueError.
+
+    Modules call it at construction, so a typo fails there and not at the first forward.
+    """
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a string, one of {BACKENDS}, got {type(backend).__name__}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
 def resolve(name: str, device: torch.device, dtype: torch.dtype, batch: int, rows: int, cols: int) -> str:
     """The backend that runs a call: ``name`` itself after checks, or auto's pick.
 
     ``rows x cols`` is the attention matrix per batch item (N x N for PAM, C x C for CAM).
     """
-    if name not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    check_name(name)
     if name == "auto":
         if device.type == "cuda":
             if dtype == torch.float64:
@@ -100,7 +111,7 @@ def resolve(name: str, device: torch.device, dtype: torch.dtype, batch: int, row
     if reason is not None and device.type != "cuda" and name in ("triton", "cuda"):
         raise ValueError(
             f"backend {name!r} cannot take tensors on {device}: {reason}; move them with "
-            f".cuda() or use backend='chunked' or 'eager'"
+            f".cuda(), or use backend='chunked' or 'eager' on the CPU"
         )
     if reason is not None:
         raise BackendUnavailableError(f"backend {name!r} is not available: {reason}")

@@ -8,7 +8,7 @@ kernel runs.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -42,11 +42,17 @@ def _check_same(name: str, t: Tensor, ref_name: str, ref: Tensor) -> None:
 
 
 def _check_gamma(gamma: object, ref: Tensor) -> Optional[Tensor]:
-    """gamma as a 0-dim tensor (mmseg's ``Scale`` is 0-dim, the official repo's shape (1,))."""
+    """gamma as a 0-dim tensor (mmseg's ``Scale`` is 0-dim, the official repo's shape (1,)).
+
+    A Python float or int becomes a constant in float32 (float64 for float64 inputs)."""
     if gamma is None:
         return None
+    if isinstance(gamma, (int, float)) and not isinstance(gamma, bool):
+        return torch.tensor(gamma, dtype=torch.promote_types(ref.dtype, torch.float32), device=ref.device)
     if not isinstance(gamma, Tensor):
-        raise TypeError(f"gamma must be a torch.Tensor with one element or None, got {type(gamma).__name__}")
+        raise TypeError(
+            f"gamma must be a float, a one-element tensor or None, got {type(gamma).__name__}"
+        )
     if gamma.numel() != 1:
         raise ValueError(f"gamma must have exactly one element, got shape {tuple(gamma.shape)}")
     if not gamma.is_floating_point():
@@ -54,6 +60,56 @@ def _check_gamma(gamma: object, ref: Tensor) -> Optional[Tensor]:
     if gamma.device != ref.device:
         raise ValueError(f"gamma is on {gamma.device} but the inputs are on {ref.device}")
     return gamma.reshape(())
+
+
+class AttentionMemoryError(ValueError, torch.OutOfMemoryError):
+    """An attention matrix cannot fit in the memory the device has free. A ``ValueError``
+    (the input is too large for this machine) that ``except torch.OutOfMemoryError`` also
+    catches, as it would the allocator's own error."""
+
+
+# Matrices smaller than this are not checked: they fit anywhere DANet runs, and asking the
+# device for its free memory on every call would cost more than they do.
+MEMORY_CHECK_MIN_BYTES = 1 << 28
+
+
+def _free_bytes(device: torch.device) -> Optional[int]:
+    """Bytes a new allocation on ``device`` can get, or None where that is not known
+    (CPU memory is read from Linux's /proc/meminfo MemAvailable; elsewhere unchecked)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        # Memory PyTorch's caching allocator holds but does not use is free to it too.
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            pass
+    return None
+
+
+def _bytes_text(n: int) -> str:
+    return f"{n:,} bytes ({n / 2**30:.1f} GiB)"
+
+
+def _check_matrix_memory(
+    what: str, shape: tuple[int, int, int], dtype: torch.dtype, device: torch.device, fix: str
+) -> None:
+    """Raise ``AttentionMemoryError`` before allocating a [B, R, R] matrix that cannot fit."""
+    if torch.compiler.is_compiling():  # no guards on the size, no host calls in the graph
+        return
+    needed = math.prod(shape) * dtype.itemsize
+    if needed < MEMORY_CHECK_MIN_BYTES:
+        return
+    free = _free_bytes(device)
+    if free is not None and needed > free:
+        raise AttentionMemoryError(
+            f"{what} needs a {list(shape)} {str(dtype).replace('torch.', '')} attention matrix "
+            f"of {_bytes_text(needed)}, but {device} has {_bytes_text(free)} free; {fix}"
+        )
 
 
 def _flat(t: Tensor) -> Tensor:
@@ -71,7 +127,7 @@ def position_attention(
     key: Tensor,
     value: Tensor,
     *,
-    gamma: Optional[Tensor] = None,
+    gamma: Optional[Union[Tensor, float]] = None,
     residual: Optional[Tensor] = None,
     scale: float = 1.0,
     backend: str = "auto",
@@ -81,7 +137,7 @@ def position_attention(
     Args:
         query, key: ``[B, Cqk, H, W]`` or ``[B, Cqk, N]``, same shape.
         value: ``[B, Cv, H, W]`` or ``[B, Cv, N]``, same B and positions as query.
-        gamma: one-element tensor multiplying the attention output (None: no scaling).
+        gamma: float or one-element tensor multiplying the attention output (None: no scaling).
         residual: added to the output, shape of ``value`` (None: nothing added).
         scale: multiplies the energies; DANet uses 1.0 (no 1/sqrt(d)).
         backend: ``"auto" | "triton" | "cuda" | "chunked" | "eager"``.
@@ -111,11 +167,15 @@ def position_attention(
     gamma = _check_gamma(gamma, query)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise TypeError(f"scale must be a finite float, got {scale!r}")
-    if not isinstance(backend, str):
-        raise TypeError(f"backend must be a string, got {type(backend).__name__}")
 
     batch, n = query.shape[0], math.prod(query.shape[2:])
     name = backends.resolve(backend, query.device, query.dtype, batch, n, n)
+    if name == "eager":
+        _check_matrix_memory(
+            f"position_attention(backend='eager') with N = {n} positions", (batch, n, n),
+            query.dtype, query.device,
+            "backend='chunked' (or 'auto') needs O(N) memory instead of O(N²)",
+        )
     q, k, v = _flat(query), _flat(key), _flat(value)
     res = _flat(residual) if residual is not None else None
     if name == "eager":
@@ -126,12 +186,13 @@ def position_attention(
     return out.view(value.shape)
 
 
-def channel_attention(x: Tensor, *, gamma: Optional[Tensor] = None, backend: str = "auto") -> Tensor:
+def channel_attention(x: Tensor, *, gamma: Optional[Union[Tensor, float]] = None, backend: str = "auto") -> Tensor:
     """DANet's channel attention: ``gamma · softmax(rowmax(E) - E) · X + x`` with ``E = X Xᵀ``.
 
     Args:
         x: ``[B, C, H, W]`` or ``[B, C, N]``.
-        gamma: one-element tensor; None returns the attention output without the residual.
+        gamma: float or one-element tensor; None returns the attention output without the
+            residual.
         backend: ``"auto" | "triton" | "cuda" | "chunked" | "eager"``.
 
     dtypes float32, float16, bfloat16 (float64 on ``chunked``/``eager``). Returns ``x``'s
@@ -139,10 +200,14 @@ def channel_attention(x: Tensor, *, gamma: Optional[Tensor] = None, backend: str
     """
     x = _check_tensor("x", x)
     gamma = _check_gamma(gamma, x)
-    if not isinstance(backend, str):
-        raise TypeError(f"backend must be a string, got {type(backend).__name__}")
     batch, channels = x.shape[0], x.shape[1]
     name = backends.resolve(backend, x.device, x.dtype, batch, channels, channels)
+    # Every backend keeps the C x C softmax for backward, in float32 (float64 for float64).
+    _check_matrix_memory(
+        f"channel_attention with C = {channels} channels (x of shape {tuple(x.shape)})",
+        (batch, channels, channels), torch.promote_types(x.dtype, torch.float32), x.device,
+        "CAM's memory grows with C²: reduce the channels or the batch",
+    )
     flat = _flat(x)
     if name == "eager":
         out = channel_attention_reference(flat, gamma)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from danet_ops.backends import check_name
 from danet_ops.functional import channel_attention, position_attention
 
 
@@ -22,6 +23,32 @@ class Scale(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.scale
+
+
+def _check_channels(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+
+
+def _check_input(module: str, x: object, channels: int | None = None) -> None:
+    """x must be ``[B, C, H, W]`` (with ``channels`` channels, when given); a 3-D tensor
+    gets a hint on how to add the missing dimension."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{module} expects x as a torch.Tensor, got {type(x).__name__}")
+    shape = tuple(x.shape)
+    expected = f"[B, {channels}, H, W]" if channels else "[B, C, H, W]"
+    if x.dim() == 4 and (channels is None or shape[1] == channels):
+        return
+    hints = []
+    if x.dim() == 3 and (channels is None or shape[0] == channels):
+        hints.append("for one unbatched [C, H, W] image add the batch dimension with x.unsqueeze(0)")
+    if x.dim() == 3 and (channels is None or shape[1] == channels):
+        hints.append("for [B, C, N] positions use x.unsqueeze(-1) ([B, C, N, 1])")
+    raise ValueError(
+        f"{module} expects x of shape {expected}, got {shape}" + "".join(f"; {h}" for h in hints)
+    )
 
 
 def _as_input_dtype(residual: Tensor, like: Tensor) -> Tensor:
@@ -40,7 +67,9 @@ class PAM(nn.Module):
 
     def __init__(self, in_channels: int, channels: int, backend: str = "auto") -> None:
         super().__init__()
-        self.in_channels, self.channels, self.backend = in_channels, channels, backend
+        _check_channels("in_channels", in_channels)
+        _check_channels("channels", channels)
+        self.in_channels, self.channels, self.backend = in_channels, channels, check_name(backend)
         # Registration order as in mmseg (key first), so state_dicts list the same keys in the same order.
         self.key_project = nn.Conv2d(in_channels, channels, 1)
         self.query_project = nn.Conv2d(in_channels, channels, 1)
@@ -48,6 +77,8 @@ class PAM(nn.Module):
         self.gamma = Scale(0.0)
 
     def forward(self, x: Tensor) -> Tensor:
+        """x ``[B, in_channels, H, W]`` -> same shape and dtype."""
+        _check_input(f"PAM(in_channels={self.in_channels})", x, self.in_channels)
         v = self.value_project(x)
         return position_attention(
             self.query_project(x), self.key_project(x), v,
@@ -63,10 +94,12 @@ class CAM(nn.Module):
 
     def __init__(self, backend: str = "auto") -> None:
         super().__init__()
-        self.backend = backend
+        self.backend = check_name(backend)
         self.gamma = Scale(0.0)
 
     def forward(self, x: Tensor) -> Tensor:
+        """x ``[B, C, H, W]`` -> same shape and dtype (``channel_attention`` takes ``[B, C, N]``)."""
+        _check_input("CAM", x)
         return channel_attention(x, gamma=self.gamma.scale, backend=self.backend)
 
     def extra_repr(self) -> str:
@@ -118,6 +151,7 @@ def replace_attention(model: nn.Module, backend: str = "auto") -> nn.Module:
     Note: the official modules' ``gamma`` of shape (1,) becomes a 0-dim ``gamma.scale``,
     so their state_dict keys change to mmseg's.
     """
+    check_name(backend)
     top = _convert(model, backend)
     if top is not None:
         return top

@@ -15,6 +15,9 @@ from torch import Tensor, nn
 
 # Prefixes training wrappers add to every key (DDP's "module.").
 _WRAPPER_PREFIX = re.compile(r"^module\.")
+_CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
+# Keys shown per list in a mismatch error; strict=False returns the full lists.
+_SHOWN_KEYS = 5
 
 
 class LoadResult(NamedTuple):
@@ -37,6 +40,10 @@ def read_checkpoint(path_or_url: str | os.PathLike, map_location: Any = "cpu") -
         except Exception as err:  # network, HTTP, or the same unpickling errors as below
             raise ValueError(f"could not load checkpoint from {source}: {_reason(err)}") from err
     else:
+        if os.path.isdir(source):
+            inside = sorted(f for f in os.listdir(source) if f.endswith(_CHECKPOINT_SUFFIXES))
+            listing = f" (checkpoints in it: {', '.join(inside[:5])})" if inside else ""
+            raise ValueError(f"checkpoint path is a directory, not a file: {source}{listing}")
         if not os.path.isfile(source):
             raise ValueError(f"checkpoint file not found: {source}")
         try:
@@ -92,7 +99,51 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, Tensor
 
 
 def _listing(title: str, keys: list[str]) -> str:
-    return f"{title} ({len(keys)}):\n    " + "\n    ".join(keys)
+    shown = keys[:_SHOWN_KEYS] + ([f"... and {len(keys) - _SHOWN_KEYS} more"] if len(keys) > _SHOWN_KEYS else [])
+    return f"{title} ({len(keys)}):\n    " + "\n    ".join(shown)
+
+
+def _describe(model: nn.Module) -> str:
+    """'DANet R-50-D8' for a DANet, the class name otherwise."""
+    depth = getattr(getattr(model, "backbone", None), "depth", None)
+    return f"{type(model).__name__} R-{depth}-D8" if isinstance(depth, int) else type(model).__name__
+
+
+def _prefix_hint(own: Mapping[str, Tensor], state: Mapping[str, Tensor]) -> str:
+    """When the keys match after adding or removing one leading module name, say where."""
+    for prefix in sorted({k.split(".", 1)[0] for k in own}):
+        if all(f"{prefix}.{k}" in own for k in state):
+            return f"its keys are model.{prefix}'s: load it with load_checkpoint(model.{prefix}, ...)"
+    for prefix in sorted({k.split(".", 1)[0] for k in state}):
+        if all(f"{prefix}.{k}" in state for k in own):
+            return (f"the model's keys are in it under '{prefix}.': load a dict of its "
+                    f"'{prefix}.' entries with that prefix removed")
+    return ""
+
+
+def _mismatch_message(
+    model: nn.Module, own: Mapping[str, Tensor], state: Mapping[str, Tensor],
+    missing: list[str], unexpected: list[str], mismatched: list[str],
+) -> str:
+    """A summary first (counts, and a guess when nothing matches), then the first few keys
+    of each list: under 30 lines however large the models."""
+    common = len(own) - len(missing)
+    lines = [
+        f"checkpoint does not match {type(model).__name__} (strict=True); nothing was loaded",
+        f"{common} of the model's {len(own)} keys are in the checkpoint ({len(state)} keys): "
+        f"{len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} of another shape",
+    ]
+    hint = _prefix_hint(own, state)
+    if hint:
+        lines.append(hint)
+    elif common == 0:
+        lines.append(f"none of its {len(state)} keys match: is this a {_describe(model)} checkpoint?")
+    for title, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                        ("shape mismatches", mismatched)):
+        if keys:
+            lines.append(_listing(title, keys))
+    lines.append("strict=False loads the keys that fit and returns the full lists")
+    return "\n  ".join(lines)
 
 
 def load_checkpoint(
@@ -104,7 +155,7 @@ def load_checkpoint(
     """Load an mmseg checkpoint (path, URL, or an already loaded dict) into ``model``.
 
     strict=True: any missing, unexpected or wrongly shaped key raises ``ValueError``
-    listing them all, and nothing is loaded. strict=False: loads the keys that fit (e.g. a
+    summarising them (counts and the first few of each), and nothing is loaded. strict=False: loads the keys that fit (e.g. a
     backbone from a full model, or everything but the classifiers when the class count
     differs) and returns the rest in the ``LoadResult``.
     """
@@ -121,14 +172,7 @@ def load_checkpoint(
         if k in state and state[k].shape != own[k].shape
     ]
     if strict and (missing or unexpected or mismatched):
-        parts = [f"checkpoint does not match {type(model).__name__} (strict=True)"]
-        if missing:
-            parts.append(_listing("missing keys", missing))
-        if unexpected:
-            parts.append(_listing("unexpected keys", unexpected))
-        if mismatched:
-            parts.append(_listing("shape mismatches", mismatched))
-        raise ValueError("\n  ".join(parts))
+        raise ValueError(_mismatch_message(model, own, state, missing, unexpected, mismatched))
     bad = {m.split(":")[0] for m in mismatched}
     fitting = {k: v for k, v in state.items() if k in own and k not in bad}
     model.load_state_dict(fitting, strict=False)

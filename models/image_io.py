@@ -1,11 +1,12 @@
 """Reading images and writing colour-coded masks without extra dependencies.
 
 PNG (8/16-bit grey, grey+alpha, RGB, RGBA, palette; not interlaced) and binary PPM are
-decoded here with zlib + numpy; other formats (JPEG, ...) go through Pillow when it is
-installed. Masks are written as RGB PNG.
+decoded here with zlib + numpy, and masks written as PNG; other formats (JPEG, ...) are
+read and written through Pillow when it is installed, and say so when it is not.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import struct
 import zlib
@@ -13,6 +14,22 @@ import zlib
 import numpy as np
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class NeedsPillowError(ValueError):
+    """A format (or PNG variant) that only Pillow reads or writes, and Pillow is missing."""
+
+
+def _pillow(what: str):
+    """PIL.Image, or NeedsPillowError saying that ``what`` needs it."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise NeedsPillowError(
+            f"{what} needs Pillow (pip install Pillow); PNG (and PPM, for reading) work without it"
+        ) from None
+    return Image
+
 
 #: Cityscapes' 19 train-id colours (its official label colours).
 CITYSCAPES_PALETTE = [
@@ -131,9 +148,9 @@ def read_png(path: str | os.PathLike) -> np.ndarray:
     width, height, depth, colour_type, _, _, interlace = header
     channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour_type)
     if channels is None or interlace or depth not in (8, 16) or (colour_type == 3 and depth != 8):
-        raise ValueError(
-            f"{path}: unsupported PNG (colour type {colour_type}, bit depth {depth}, "
-            f"interlace {interlace}); install Pillow to read it"
+        raise NeedsPillowError(
+            f"{path}: this PNG (colour type {colour_type}, bit depth {depth}, interlace "
+            f"{interlace}) needs Pillow to read (pip install Pillow)"
         )
     bpp = channels * depth // 8
     try:
@@ -169,7 +186,9 @@ def read_ppm(path: str | os.PathLike) -> np.ndarray:
         fields.append(data[pos:end])
         pos = end
     if fields[0] != b"P6" or int(fields[3]) != 255:
-        raise ValueError(f"{path}: only binary 8-bit PPM (P6, maxval 255) is supported")
+        raise NeedsPillowError(
+            f"{path}: only binary 8-bit PPM (P6, maxval 255) is read without Pillow (pip install Pillow)"
+        )
     width, height = int(fields[1]), int(fields[2])
     pixels = np.frombuffer(data[pos + 1 : pos + 1 + width * height * 3], dtype=np.uint8)
     return pixels.reshape(height, width, 3)
@@ -179,15 +198,34 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """[H, W, 3] uint8 RGB from PNG/PPM (built in) or anything Pillow reads, if installed."""
     with open(path, "rb") as f:
         head = f.read(8)
-    if head.startswith(PNG_SIGNATURE):
-        return read_png(path)
-    if head.startswith(b"P6"):
-        return read_ppm(path)
-    try:
-        from PIL import Image
-    except ImportError:
-        raise ValueError(
-            f"{path}: only PNG and PPM are read without Pillow; install Pillow for other formats"
-        ) from None
-    with Image.open(path) as im:
+    builtin = read_png if head.startswith(PNG_SIGNATURE) else read_ppm if head.startswith(b"P6") else None
+    if builtin is not None:
+        try:
+            return builtin(path)
+        except NeedsPillowError:  # a variant the built-in decoders skip: Pillow, if it is there
+            if importlib.util.find_spec("PIL") is None:
+                raise
+    with _pillow(f"reading {path} (not PNG or PPM)").open(path) as im:
         return np.asarray(im.convert("RGB"))
+
+
+def _is_png(path: str | os.PathLike) -> bool:
+    return os.fspath(path).lower().endswith(".png")
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise ``ValueError`` unless ``write_image`` can write ``path``'s format (by its
+    extension): PNG always, others when Pillow is installed and knows the extension."""
+    if _is_png(path):
+        return
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext not in _pillow(f"writing {path} (not PNG)").registered_extensions():
+        raise ValueError(f"{path}: unknown image extension {ext or '(none)'!r}; use .png")
+
+
+def write_image(path: str | os.PathLike, rgb: np.ndarray) -> None:
+    """Write [H, W, 3] uint8 RGB: PNG built in, other formats (by extension) through Pillow."""
+    if _is_png(path):
+        write_png(path, rgb)
+    else:
+        _pillow(f"writing {path} (not PNG)").fromarray(rgb).save(path)

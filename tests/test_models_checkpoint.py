@@ -126,3 +126,39 @@ def test_dict_without_tensors_and_missing_file(tmp_path):
         models.load_checkpoint(tiny(2), path)
     with pytest.raises(ValueError, match="not found"):
         models.load_checkpoint(tiny(2), tmp_path / "nope.pth")
+
+
+def test_another_models_state_dict_gets_a_short_summary():
+    model = tiny(2)
+    own = model.state_dict()
+    # Another network's state_dict (torchvision-style names): not one key in common.
+    other = {f"layer{i}.{j}.conv.weight": torch.randn(2) for i in range(4) for j in range(90)}
+    with pytest.raises(ValueError) as info:
+        models.load_checkpoint(model, other)
+    msg = str(info.value)
+    assert len(msg.splitlines()) < 30 and len(msg) < 2000, msg
+    assert f"0 of the model's {len(own)} keys" in msg
+    assert f"{len(own)} missing, 360 unexpected" in msg
+    assert "none of its 360 keys match: is this a DANet R-50-D8 checkpoint?" in msg
+    assert f"missing keys ({len(own)})" in msg and f"... and {len(own) - 5} more" in msg
+    assert "unexpected keys (360)" in msg and "layer0.0.conv.weight" in msg and "... and 355 more" in msg
+    assert "strict=False" in msg
+
+
+def test_a_backbone_checkpoint_says_where_it_belongs():
+    model = tiny(2)
+    backbone = {k.removeprefix("backbone."): v for k, v in tiny(1).state_dict().items()
+                if k.startswith("backbone.")}
+    with pytest.raises(ValueError, match=r"model\.backbone's: load it with load_checkpoint\(model\.backbone"):
+        models.load_checkpoint(model, backbone)
+    models.load_checkpoint(model.backbone, backbone)  # the advice works
+    with pytest.raises(ValueError, match="under 'backbone.'"):
+        models.load_checkpoint(model.backbone, tiny(1).state_dict())
+
+
+def test_a_directory_is_named_a_directory(tmp_path):
+    torch.save(tiny(1).state_dict(), tmp_path / "latest.pth")
+    with pytest.raises(ValueError) as info:
+        models.load_checkpoint(tiny(2), tmp_path)
+    msg = str(info.value)
+    assert "is a directory, not a file" in msg and "not found" not in msg and "latest.pth" in msg

@@ -183,3 +183,43 @@ def test_module_under_autocast_bf16():
     ref.load_state_dict(module.state_dict())
     assert out.dtype == torch.bfloat16
     assert rel_err(out, ref.double()(x.double())) < 3e-2
+
+
+@pytest.mark.parametrize(
+    "make,error,words",
+    [
+        (lambda: danet_ops.PAM(64, 8, backend="bogus"), ValueError, ["backend", "'bogus'", "chunked"]),
+        (lambda: danet_ops.CAM(backend="Triton"), ValueError, ["backend", "'Triton'"]),
+        (lambda: danet_ops.CAM(backend=None), TypeError, ["backend", "NoneType"]),
+        (lambda: danet_ops.PAM(64, 8.0), TypeError, ["channels", "8.0"]),
+        (lambda: danet_ops.PAM(0, 8), ValueError, ["in_channels", "0"]),
+        (lambda: danet_ops.replace_attention(nn.Sequential(PAM(32, 4)), backend="fast"), ValueError, ["backend", "'fast'"]),
+    ],
+)
+def test_module_arguments_are_checked_at_construction(make, error, words):
+    with pytest.raises(error) as info:
+        make()
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+
+
+@pytest.mark.parametrize(
+    "module,shape,words",
+    [
+        (lambda: danet_ops.PAM(64, 8), (64, 8, 8), ["[B, 64, H, W]", "(64, 8, 8)", "unbatched", "x.unsqueeze(0)"]),
+        (lambda: danet_ops.PAM(64, 8), (2, 64, 30), ["[B, 64, H, W]", "(2, 64, 30)", "x.unsqueeze(-1)"]),
+        (lambda: danet_ops.PAM(64, 8), (2, 32, 4, 4), ["in_channels=64", "(2, 32, 4, 4)"]),
+        (lambda: danet_ops.CAM(), (64, 8, 8), ["[B, C, H, W]", "(64, 8, 8)", "x.unsqueeze(0)"]),
+        (lambda: danet_ops.CAM(), (64,), ["[B, C, H, W]", "(64,)"]),
+    ],
+)
+def test_module_input_shape_errors_say_what_was_expected(module, shape, words):
+    with pytest.raises(ValueError) as info:
+        module()(torch.randn(shape))
+    msg = str(info.value)
+    assert "value must match query" not in msg
+    for word in words:
+        assert word in msg, (word, msg)
+    unbatched = torch.randn(shape)
+    if "x.unsqueeze(0)" in words:  # the fix it names works
+        assert module()(unbatched.unsqueeze(0)).shape == (1, *shape)

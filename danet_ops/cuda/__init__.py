@@ -18,10 +18,8 @@ def unavailable_reason(device: torch.device) -> Optional[str]:
     """None when the extension can run (or be built to run) on ``device``, else why not."""
     device = torch.device(device)
     if device.type != "cuda":
-        return (
-            f"the CUDA extension runs on CUDA tensors only, not {device.type}; move the tensors "
-            f"with .cuda(), or use backend='chunked' or 'eager' on the CPU"
-        )
+        # The caller (backends.resolve) says how to move on: .cuda(), or chunked/eager.
+        return f"the CUDA extension runs on CUDA tensors only, not {device.type}"
     if build.load.cache_info().currsize or build.prebuilt() is not None:
         return None  # already loaded (the common case after the first call), or prebuilt
     return build.toolchain_problem()
