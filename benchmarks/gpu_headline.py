@@ -33,6 +33,12 @@ import torch
 from benchmarks import bench_cam, bench_pam, common
 
 FUSED = ("triton", "cuda")
+# Triton variants (``--variants``): the environment each one runs under. Rows are named
+# ``triton[<variant>]``; plain ``triton`` is the default of every switch.
+VARIANTS = {
+    "bwd=fused": {"DANET_OPS_TRITON_PAM_BWD": "fused"},
+    "fp32=ieee": {"DANET_OPS_TRITON_FP32": "ieee"},
+}
 ROW_COLUMNS = [k for k, _ in common.OP_COLUMNS] + [
     "op", "flops", "peak_bytes", "flex_kernel_options", "seconds"]
 
@@ -45,6 +51,45 @@ def _cfg(op, h, w, b, dtype, mode, backend, device, timing):
     else:
         cfg["Cqk"] = None
     return cfg
+
+
+def _variant(cfg: dict) -> tuple[str, dict]:
+    """(the backend to call, the environment of the row's variant)."""
+    backend, _, variant = cfg["backend"].partition("[")
+    return backend, VARIANTS[variant.rstrip("]")] if variant else {}
+
+
+class _environment:
+    """Sets environment variables for the duration of a ``with`` block."""
+
+    def __init__(self, values: dict):
+        self.values, self.saved = values, {}
+
+    def __enter__(self):
+        self.saved = {k: os.environ.get(k) for k in self.values}
+        os.environ.update(self.values)
+
+    def __exit__(self, *exc):
+        for k, v in self.saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def with_variants(rows: list[dict]) -> list[dict]:
+    """After each triton row, one row per variant that changes something for it (fp32=ieee
+    only for fp32, bwd=fused only for PAM fwd+bwd)."""
+    out = []
+    for cfg in rows:
+        out.append(cfg)
+        if cfg["backend"] != "triton":
+            continue
+        if cfg["op"] == "pam" and cfg["mode"] == "fwdbwd":
+            out.append(dict(cfg, backend="triton[bwd=fused]"))
+        if cfg["dtype"] == "fp32":
+            out.append(dict(cfg, backend="triton[fp32=ieee]"))
+    return out
 
 
 def plan(device: torch.device, dry_run: bool) -> list[dict]:
@@ -133,14 +178,17 @@ def error_vs_chunked(cfg: dict, device: torch.device) -> float:
 
 def measure_row(cfg: dict, device: torch.device) -> dict:
     start = time.perf_counter()
-    result = common.run_one(_setup(cfg), cfg, device)
-    row = dict(cfg, **result)
-    if row["status"] == "ok" and cfg["backend"] in FUSED:
-        try:
-            row["err_vs_chunked"] = error_vs_chunked(cfg, device)
-        except Exception as exc:  # a failed check is reported, not hidden
-            row["status"] = "check failed: " + common.short_error(exc)
-        common.free_memory(device)
+    backend, env = _variant(cfg)
+    call = dict(cfg, backend=backend)
+    with _environment(env):
+        result = common.run_one(_setup(call), call, device)
+        row = dict(cfg, **result)
+        if row["status"] == "ok" and backend in FUSED:
+            try:
+                row["err_vs_chunked"] = error_vs_chunked(call, device)
+            except Exception as exc:  # a failed check is reported, not hidden
+                row["status"] = "check failed: " + common.short_error(exc)
+    common.free_memory(device)
     row["seconds"] = round(time.perf_counter() - start, 1)
     return row
 
@@ -152,17 +200,19 @@ def _available(backend: str, device: torch.device) -> bool:
         return True
     if backend == "flex":
         return device.type == "cuda"
-    return backend in danet_ops.available_backends(device)
+    return backend.partition("[")[0] in danet_ops.available_backends(device)
 
 
 def run(out: Path, device: torch.device, budget_s: float, dry_run: bool, only: dict,
-        stuck_s: float = 60.0) -> None:
+        stuck_s: float = 60.0, variants: bool = False) -> None:
     env = common.environment(device)
     peak = common.matmul_peak_tflops(device)
     rows_csv = out / "rows.csv"
     out.mkdir(parents=True, exist_ok=True)
-    cfgs = [c for c in plan(device, dry_run) if _available(c["backend"], device)
-            and all(c[k] in v for k, v in only.items())]
+    cfgs = plan(device, dry_run)
+    cfgs = with_variants(cfgs) if variants else cfgs
+    cfgs = [c for c in cfgs if _available(c["backend"], device)
+            and all(c[k].partition("[")[0] in v if k == "backend" else c[k] in v for k, v in only.items())]
     print(f"headline: {len(cfgs)} rows on {env['device']}, budget {budget_s:.0f} s", flush=True)
     start = time.perf_counter()
     rows = []
@@ -241,18 +291,22 @@ def _write_autotune_choices(path: Path) -> None:
     print(f"  wrote {path} ({len(lines)} autotune choices)")
 
 
-def prewarm(kind: str, device: torch.device, dry_run: bool) -> None:
-    """Run every row of one backend once, untimed: fills the compile caches."""
+def prewarm(kind: str, device: torch.device, dry_run: bool, variants: bool = False) -> None:
+    """Run every row of one backend (and its variants) once, untimed: fills the compile caches."""
     backend, _, index = kind.partition(":")
     if index:
         os.environ["DANET_OPS_TRITON_CONFIG"] = index
     done = 0
-    for cfg in plan(device, dry_run):
-        if cfg["backend"] != backend:
+    cfgs = plan(device, dry_run)
+    for cfg in with_variants(cfgs) if variants else cfgs:
+        name, env = _variant(cfg)
+        if name != backend:
             continue
         try:
-            fn, _ = _setup(cfg)(cfg, device)
-            fn()
+            call = dict(cfg, backend=name)
+            with _environment(env):
+                fn, _ = _setup(call)(call, device)
+                fn()
             done += 1
         except Exception as exc:
             print(f"prewarm {kind} {cfg['op']} {cfg['shape']} {cfg['dtype']} {cfg['mode']}: "
@@ -266,6 +320,8 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=str(common.RESULTS_ROOT))
     p.add_argument("--budget-s", type=float, default=200.0, help="start no new row after this")
     p.add_argument("--prewarm", help="triton:K, compile or flex: compile only, no timing")
+    p.add_argument("--variants", action="store_true",
+                   help="also time each Triton variant (rows triton[<variant>], see VARIANTS)")
     p.add_argument("--render", nargs="+", metavar="LABEL=ROWS_CSV",
                    help="no run: write the tables from earlier runs' rows.csv (with --env-file)")
     p.add_argument("--env-file", help="with --render: the device_info output of those runs")
@@ -285,9 +341,9 @@ def main(argv=None) -> None:
         os.environ.setdefault("TRITON_INTERPRET", "1")
     device = torch.device("cpu" if args.dry_run else "cuda")
     if args.prewarm:
-        prewarm(args.prewarm, device, args.dry_run)
+        prewarm(args.prewarm, device, args.dry_run, args.variants)
     else:
-        run(Path(args.out), device, args.budget_s, args.dry_run, only, args.stuck_s)
+        run(Path(args.out), device, args.budget_s, args.dry_run, only, args.stuck_s, args.variants)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@
 #    on-disk caches (one process per candidate index)
 # c. the Triton GPU tests (pinned configs), then the CUDA GPU tests    -> gpu_tests.txt
 # d. compute-sanitizer memcheck and racecheck on small CUDA cases      -> sanitizer.txt
-# e. the headline benchmark, autotuned, under a time budget           -> pam.md, cam.md
+# e. the headline benchmark, autotuned, with every Triton variant, under a time budget
+#                                                                      -> pam.md, cam.md
 # f. the autotuner's choices, and the compile count of one DANet step (run in the
 #    background from the start, in its own cold cache: its seconds include contention) -> autotune.txt
 set -uo pipefail
@@ -71,7 +72,8 @@ else
   COUNT_PID=$!
 fi
 for kind in "${PREWARM[@]}"; do
-  ( run "prewarm-${kind/:/}" 240 $PY -m benchmarks.gpu_headline --prewarm "$kind" "${BENCH[@]}" ) &
+  limit=200; [[ $kind == triton* ]] || limit=150   # torch.compile/flex: bounded, best effort
+  ( run "prewarm-${kind/:/}" $limit $PY -m benchmarks.gpu_headline --prewarm "$kind" --variants "${BENCH[@]}" ) &
   PIDS+=($!)
 done
 
@@ -106,7 +108,8 @@ unset DANET_OPS_TRITON_CONFIG
 for pid in "${PIDS[@]}"; do wait "$pid"; done   # each under its own limit
 BUDGET=$(( $(left) - 45 ))
 (( BUDGET < 20 )) && BUDGET=20
-run headline $(( BUDGET + 40 )) $PY -m benchmarks.gpu_headline --out "$W/results" --budget-s "$BUDGET" "${BENCH[@]}"
+run headline $(( BUDGET + 40 )) $PY -m benchmarks.gpu_headline --out "$W/results" --budget-s "$BUDGET" \
+  --variants "${BENCH[@]}"
 RES=$(ls -d "$W"/results/*/ 2>/dev/null | head -1)
 for f in pam.md cam.md; do [[ -n "$RES" && -f "$RES/$f" ]] && cp "$RES/$f" "$OUT/$f"; done
 

@@ -232,3 +232,37 @@ def test_nan_in_value_propagates():
     out = danet_ops.position_attention(q, k, v, gamma=gamma, residual=residual, backend="triton")
     assert torch.isnan(out[0, 5]).all()
     assert torch.isfinite(out[0, :5]).all() and torch.isfinite(out[0, 6:]).all()
+
+
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic-dq", "ordered-dq"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("batch,cqk,cv,n,hw", SHAPES)
+def test_fused_backward_matches_reference(batch, cqk, cv, n, hw, dtype, deterministic, monkeypatch):
+    """The fused backward variant (DANET_OPS_TRITON_PAM_BWD=fused): every gradient against
+    float64, both dQ paths; Cv = 96 and 160 are not powers of two (masked v channels)."""
+    from danet_ops.triton import pam
+
+    monkeypatch.setenv(pam.BWD_VARIANT_ENV, "fused")
+    assert pam.backward_variant(cv) == "fused"
+    q, k, v, gamma, residual = pam_inputs(batch, cqk, cv, n, dtype=dtype, device=DEVICE)
+    dout = torch.randn(batch, cv, n, device=DEVICE).to(dtype)
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        out, grads = _pam("triton", q, k, v, gamma, residual, dout, scale=0.75, hw=hw)
+    finally:
+        torch.use_deterministic_algorithms(was)
+    _check(out, grads, *_reference(q, k, v, gamma, residual, dout, scale=0.75), TOL[dtype])
+
+
+def test_backward_variant_choice(monkeypatch):
+    from danet_ops.triton import pam
+
+    monkeypatch.delenv(pam.BWD_VARIANT_ENV, raising=False)
+    assert pam.backward_variant(512) == "split"
+    monkeypatch.setenv(pam.BWD_VARIANT_ENV, "fused")
+    assert pam.backward_variant(512) == "fused"
+    assert pam.backward_variant(pam.FUSED_MAX_CV + 1) == "split"  # too wide for one accumulator
+    monkeypatch.setenv(pam.BWD_VARIANT_ENV, "bogus")
+    with pytest.raises(ValueError, match="DANET_OPS_TRITON_PAM_BWD"):
+        pam.backward_variant(512)

@@ -31,9 +31,10 @@ needs no zero-filled buffer, and is bitwise deterministic always, so
 
 Precision: every accumulator, the Gram, the softmax and its statistics are fp32 whatever
 the input dtype (eager fp16 overflows the Gram once Σx² passes 65504). fp32 inputs: the
-Gram and G always use true fp32 (``input_precision="ieee"``; TF32 on unscaled energies
-moves the softmax by percent); A·X and the dx products use TF32 only when the user allowed
-it (``torch.get_float32_matmul_precision() != "highest"``). fp16/bf16 inputs: tensor-core
+Gram and G are always fp32-accurate (3xTF32, or exact FMA under DANET_OPS_TRITON_FP32=ieee;
+plain TF32 on unscaled energies moves the softmax by percent); A·X and the dx products use
+plain TF32 only when the user allowed it (``torch.get_float32_matmul_precision() !=
+"highest"``); see ``configs.dot_precisions``. fp16/bf16 inputs: tensor-core
 dots with A (in [0, 1]) cast to the input dtype; dE can exceed fp16's range, so
 (dE + dEᵀ)·X multiplies fp32 operands (TF32).
 
@@ -269,7 +270,7 @@ _MIN_SPLIT_LEN = 512
 
 def _gram_configs(major: int) -> tuple[list[triton.Config], list[triton.Config]]:
     """(half, fp32) candidates for the Gram kernel. Its fp32 "ieee" dots spill on sm_90 in
-    every tile but 128x32 (``benchmarks/results/static-sm90/``)."""
+    every tile but 128x32 (``benchmarks/results/static-sm90/``), kept for 3xTF32 too."""
     stages = (3, 4) if major >= 9 else (2, 3)
     fp32 = [configs.config(8, st, BLOCK_C=128, BLOCK_K=32) for st in stages]
     tiles = ((64, 64, 4), (64, 128, 4), (128, 64, 8))
@@ -358,8 +359,8 @@ def _gram_partials(a: Tensor, b: Tensor, symmetric: bool) -> tuple[Tensor, int]:
     batch, c, n = a.shape
     splits, split_len = _num_splits(c, n, batch, symmetric, a.device)
     part = torch.empty((splits, batch, c, c), device=a.device, dtype=torch.float32)
-    # The Gram and G are energies (or their gradient): never TF32 for fp32 inputs.
-    precision = "ieee" if a.dtype == torch.float32 else "tf32"
+    # The Gram and G are energies (or their gradient): never plain TF32 for fp32 inputs.
+    precision = configs.dot_precisions(a.dtype)[0]
 
     def grid(meta):
         return (triton.cdiv(c, meta["BLOCK_C"]) ** 2, splits, batch)
@@ -376,13 +377,6 @@ def _row_blocks(c: int) -> tuple[int, int, int]:
     block_c = triton.next_power_of_2(c)
     block_r = max(1, min(block_c, 4096 // block_c))
     return block_r, block_c, 8 if block_c >= 2048 else 4
-
-
-def _matmul_precision(dtype: torch.dtype) -> str:
-    """For fp32: TF32 only when the user allowed it the PyTorch way; half dots ignore it."""
-    if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
-        return "ieee"
-    return "tf32"
 
 
 # --- launch code (the backend contract) ------------------------------------------------------
@@ -411,7 +405,7 @@ def cam_forward(x: Tensor, gamma: Optional[Tensor]) -> tuple[Tensor, Tensor]:
 
     _launch(
         "attn_x", grid, (attn, x, gamma if has_gamma else x, out, c, n, _bucket(n)),
-        {"HAS_GAMMA": has_gamma, "PRECISION": _matmul_precision(x.dtype)}, x.device,
+        {"HAS_GAMMA": has_gamma, "PRECISION": configs.dot_precisions(x.dtype)[1]}, x.device,
     )
     return out, attn
 
@@ -446,7 +440,7 @@ def cam_backward(dout: Tensor, x: Tensor, attn: Tensor, gamma: Optional[Tensor])
     _launch(
         "dx", grid,
         (attn, d_energy, x, dout, gamma if has_gamma else x, dx, c, n, _bucket(n)),
-        {"HAS_GAMMA": has_gamma, "PRECISION": _matmul_precision(x.dtype)}, x.device,
+        {"HAS_GAMMA": has_gamma, "PRECISION": configs.dot_precisions(x.dtype)[1]}, x.device,
     )
     dgamma = dgamma_part.sum().to(gamma.dtype) if has_gamma else dout.new_empty(0)
     return dx, dgamma

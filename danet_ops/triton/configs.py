@@ -28,6 +28,7 @@ import triton
 from danet_ops.triton import interpreter_enabled
 
 CONFIG_ENV = "DANET_OPS_TRITON_CONFIG"
+FP32_ENV = "DANET_OPS_TRITON_FP32"
 _HALF = (torch.float16, torch.bfloat16)
 _TUNED: list = []  # every autotuner made here, for ``choices()``
 
@@ -45,16 +46,45 @@ def pinned_index() -> Optional[int]:
     raise ValueError(f"{CONFIG_ENV} must be 'autotune', 'first' or a candidate index, got {value!r}")
 
 
+def fp32_exact_precision() -> str:
+    """How fp32 products run where fp32 accuracy is required: ``"tf32x3"`` (default: three
+    TF32 tensor-core products per product, error at the fp32 level) or ``"ieee"``
+    (``DANET_OPS_TRITON_FP32=ieee``: exact FMA products, far slower on tensor-core GPUs)."""
+    value = os.environ.get(FP32_ENV, "tf32x3").strip().lower()
+    if value not in ("tf32x3", "ieee"):
+        raise ValueError(f"{FP32_ENV} must be 'tf32x3' or 'ieee', got {value!r}")
+    return value
+
+
+def dot_precisions(dtype: torch.dtype) -> tuple[str, str]:
+    """``input_precision`` of (the energy products, every other product) for inputs of ``dtype``.
+
+    Energies (PAM's q·k, CAM's Gram and its gradient) are unscaled logits of magnitude ~50
+    in DANet, where plain TF32 moves the softmax by percent: always fp32-accurate. The
+    other products may use plain TF32 only when the user allowed it the PyTorch way
+    (``torch.set_float32_matmul_precision("high")`` or ``"medium"``). Half inputs run
+    tensor-core products with fp32 accumulation whatever the setting (the value is ignored).
+    """
+    if dtype != torch.float32:
+        return "tf32", "tf32"
+    exact = fp32_exact_precision()
+    return exact, exact if torch.get_float32_matmul_precision() == "highest" else "tf32"
+
+
 def config(warps: int, stages: int, **blocks: int) -> triton.Config:
     return triton.Config(blocks, num_warps=warps, num_stages=stages)
 
 
-def _by_dtype(half: list, fp32: list, dtype_arg: str) -> Callable:
-    """An ``early_config_prune``: the list for the dtype of argument ``dtype_arg``."""
+def _by_dtype(half: list, fp32: list, ieee: list, dtype_arg: str) -> Callable:
+    """An ``early_config_prune``: the list for the dtype of argument ``dtype_arg`` (and, for
+    fp32, for exact FMA products when any dot of the launch is "ieee")."""
 
     def prune(configs, named_args, **kwargs):
         dtype = named_args[dtype_arg].dtype
-        chosen = half if dtype in _HALF else fp32
+        if dtype in _HALF:
+            chosen = half
+        else:
+            chosen = ieee if "ieee" in kwargs.values() else fp32
         index = pinned_index()
         if index is None:
             return chosen  # configs that fail to compile at odd shapes are skipped
@@ -70,11 +100,12 @@ def _by_dtype(half: list, fp32: list, dtype_arg: str) -> Callable:
 
 def autotune(
     *, half: list, fp32: list, interpreter: dict, key: Sequence[str], dtype_arg: str,
-    reset_to_zero: Optional[list] = None,
+    ieee: Optional[list] = None, reset_to_zero: Optional[list] = None,
 ) -> Callable:
     """Decorator for a ``@triton.jit`` kernel: autotuned on a GPU, one config in the interpreter.
 
     ``half``/``fp32`` are the candidate configs per input dtype (first = known-good);
+    ``ieee`` those for fp32 with exact FMA dots (default: ``fp32``);
     ``dtype_arg`` names the kernel argument whose dtype picks the list. ``key`` should name
     the kernel's dot-precision constexprs too: TF32 and "ieee" tiles differ in registers
     and shared memory, so a choice made under one must not be reused under the other.
@@ -82,12 +113,16 @@ def autotune(
     if interpreter_enabled():
         return triton.autotune(configs=[triton.Config(interpreter, num_warps=4, num_stages=1)],
                                key=list(key), reset_to_zero=reset_to_zero)
-    union = half + [c for c in fp32 if all(c is not h for h in half)]
+    ieee = fp32 if ieee is None else ieee
+    union = []
+    for c in half + fp32 + ieee:
+        if all(c is not u for u in union):
+            union.append(c)
 
     def decorate(kernel):
         tuned = triton.autotune(
             configs=union, key=list(key), reset_to_zero=reset_to_zero,
-            prune_configs_by={"early_config_prune": _by_dtype(half, fp32, dtype_arg)},
+            prune_configs_by={"early_config_prune": _by_dtype(half, fp32, ieee, dtype_arg)},
             cache_results=True,
         )(kernel)
         _TUNED.append(tuned)

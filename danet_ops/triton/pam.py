@@ -22,6 +22,7 @@ log-sum-exp ``lse`` is in natural-log units, as the contract says.
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -40,9 +41,11 @@ LOG2E = 1.4426950408889634
 #
 # Candidates per kernel and input dtype (``danet_ops.triton.configs``): each compiles for
 # sm_90 without spills and within shared memory (benchmarks/results/static-sm90/); the
-# first is the known-good one that DANET_OPS_TRITON_CONFIG=first pins. fp32 keeps the
-# small tile only: its "ieee" dots spill in every larger one. Which wins among the rest
-# (and whether a wider BLOCK_DV beats the extra S recomputation) is the autotuner's call.
+# first is the known-good one that DANET_OPS_TRITON_CONFIG=first pins. fp32 products run
+# as 3xTF32 by default (``configs.dot_precisions``); with exact FMA dots
+# (DANET_OPS_TRITON_FP32=ieee) fp32 keeps the small tile only, as every larger one spills.
+# Which wins among the rest (and whether a wider BLOCK_DV, up to the whole v width of 512,
+# beats the S recomputation of narrower ones) is the autotuner's call.
 
 _C = configs.config
 # Under the interpreter: small v tiles, so tests with Cv = 96 cover more than one v block.
@@ -56,6 +59,11 @@ _FWD_HALF = [
     _C(8, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_DV=128),
     _C(4, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_DV=64),
     _C(8, 2, BLOCK_M=128, BLOCK_N=128, BLOCK_DV=128),
+    _C(8, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_DV=512),  # the whole v width: S computed once
+]
+_FWD_TF32X3 = [
+    _C(4, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_DV=64),
+    _C(8, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_DV=128),
 ]
 # Backward kernels that own a key block and loop over query blocks (dV, dK[+dQ]).
 _BWD_DV_HALF = [
@@ -69,6 +77,7 @@ _BWD_DK_HALF = [
     _C(4, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_DV=64),
     _C(8, 2, BLOCK_M=64, BLOCK_N=128, BLOCK_DV=64),
 ]
+_BWD_TF32X3 = [_C(4, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_DV=64)]
 # The deterministic dQ kernel owns a query block and loops over key blocks.
 _BWD_DQ_HALF = [
     _C(4, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_DV=64),
@@ -77,17 +86,32 @@ _BWD_DQ_HALF = [
     _C(8, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_DV=128),
 ]
 _PRE = [_C(4, 2, BLOCK_M=128, BLOCK_DV=64), _C(4, 2, BLOCK_M=64, BLOCK_DV=128)]
+# The fused backward holds a [BLOCK_N, Cv] fp32 dV accumulator (Cv <= 512): 128 registers
+# a thread at BLOCK_N = 64 over 8 warps. BLOCK_DV is unused there (the whole v width).
+_BWD_FUSED_HALF = [
+    _C(8, 2, BLOCK_M=32, BLOCK_N=64, BLOCK_DV=64),
+    _C(8, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_DV=64),
+    _C(4, 2, BLOCK_M=32, BLOCK_N=32, BLOCK_DV=64),
+]
+_BWD_FUSED_TF32X3 = [_C(4, 2, BLOCK_M=32, BLOCK_N=32, BLOCK_DV=64)]
+# The backward variants (DANET_OPS_TRITON_PAM_BWD, read at launch): "split" = dV kernel per
+# (key block, v block) + dK/dQ kernel (P recomputed per v block); "fused" = one kernel per
+# key block computing P and dS once for the whole v width (Cv <= FUSED_MAX_CV).
+BWD_VARIANT_ENV = "DANET_OPS_TRITON_PAM_BWD"
+FUSED_MAX_CV = 512
 
 
 def _tune(half: list, fp32: list, interpreter: dict = _INTERPRETER_BLOCKS, **kwargs):
-    return configs.autotune(half=half, fp32=fp32, interpreter=interpreter, key=_KEY,
-                            dtype_arg="Q", **kwargs)
+    """Autotuned over ``half`` or ``fp32`` (3xTF32 dots) plus the small tile, which is also
+    the only candidate for exact FMA fp32 dots and for q/k wider than 64 when pinned."""
+    return configs.autotune(half=half + [_SMALL], fp32=fp32 + [_SMALL], ieee=[_SMALL],
+                            interpreter=interpreter, key=_KEY, dtype_arg="Q", **kwargs)
 
 
 # --- forward -----------------------------------------------------------------------------
 
 
-@_tune(_FWD_HALF + [_SMALL], [_SMALL])
+@_tune(_FWD_HALF, _FWD_TF32X3)
 @triton.jit
 def _pam_fwd_kernel(
     Q, K, V, Gamma, Res, Out, O, Lse,
@@ -205,7 +229,7 @@ def _pam_bwd_preprocess_kernel(
     tl.store(Delta + b * N + offs_m, delta, mask=mask_m)
 
 
-@_tune(_BWD_DV_HALF + [_SMALL], [_SMALL])
+@_tune(_BWD_DV_HALF, _BWD_TF32X3)
 @triton.jit
 def _pam_bwd_dv_kernel(
     Q, K, Dout, Gamma, Lse, DV,
@@ -256,7 +280,7 @@ def _pam_bwd_dv_kernel(
              acc.to(DV.dtype.element_ty), mask=mask_n[:, None] & mask_c[None, :])
 
 
-@_tune(_BWD_DK_HALF + [_SMALL], [_SMALL], reset_to_zero=["DQ"])
+@_tune(_BWD_DK_HALF, _BWD_TF32X3, reset_to_zero=["DQ"])
 @triton.jit
 def _pam_bwd_dk_kernel(
     Q, K, V, Dout, Gamma, Lse, Delta, DK, DQ,
@@ -328,7 +352,81 @@ def _pam_bwd_dk_kernel(
              dk.to(DK.dtype.element_ty), mask=mask_n[:, None] & mask_d[None, :])
 
 
-@_tune(_BWD_DQ_HALF + [_SMALL], [_SMALL])
+@_tune(_BWD_FUSED_HALF, _BWD_FUSED_TF32X3, reset_to_zero=["DQ"])
+@triton.jit
+def _pam_bwd_fused_kernel(
+    Q, K, V, Dout, Gamma, Lse, Delta, DK, DQ, DV,
+    stride_qb, stride_qc, stride_qn,
+    stride_kb, stride_kc, stride_kn,
+    stride_vb, stride_vc, stride_vn,
+    stride_db, stride_dc, stride_dn,
+    N, CQK, CV, N_BUCKET, qk_scale, scale,
+    HAS_GAMMA: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+    QK_PRECISION: tl.constexpr, MM_PRECISION: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_CV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr,
+):
+    """dV, dK (and with ATOMIC_DQ dQ) for one (key block, batch item), whole v width at once.
+
+    FlashAttention-3's structure for wide heads: per query block, Pᵀ and dSᵀ are computed
+    once (the split kernels recompute Pᵀ per v block), dPᵀ = v·dOᵀ is one product with
+    K = Cv and the v tile stays resident, dV += Pᵀ·dO and dK += dSᵀ·q accumulate in
+    registers, and this key block's share of dQ is added atomically (relaxed fp32).
+    """
+    pid_n = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    Q += b * stride_qb
+    K += b * stride_kb
+    V += b * stride_vb
+    Dout += b * stride_db
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_c = tl.arange(0, BLOCK_CV)
+    mask_n = offs_n < N
+    mask_d = offs_d < CQK
+    mask_c = offs_c < CV
+
+    k = tl.load(K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kc,
+                mask=mask_n[:, None] & mask_d[None, :], other=0.0)  # [N, D]
+    kt = tl.load(K + offs_d[:, None] * stride_kc + offs_n[None, :] * stride_kn,
+                 mask=mask_d[:, None] & mask_n[None, :], other=0.0)  # [D, N]
+    v = tl.load(V + offs_n[:, None] * stride_vn + offs_c[None, :] * stride_vc,
+                mask=mask_n[:, None] & mask_c[None, :], other=0.0)  # [N, CV], resident
+    gamma = 1.0
+    if HAS_GAMMA:
+        gamma = tl.load(Gamma).to(tl.float32)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_CV], tl.float32)
+    for start_m in range(0, N, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < N
+        qt = tl.load(Q + offs_d[:, None] * stride_qc + offs_m[None, :] * stride_qn,
+                     mask=mask_d[:, None] & mask_m[None, :], other=0.0)  # [D, M]
+        q = tl.load(Q + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qc,
+                    mask=mask_m[:, None] & mask_d[None, :], other=0.0)  # [M, D]
+        lse = tl.load(Lse + b * N + offs_m, mask=mask_m, other=0.0) * 1.4426950408889634  # log2 units
+        delta = tl.load(Delta + b * N + offs_m, mask=mask_m, other=0.0)
+        st = tl.dot(k, qt, input_precision=QK_PRECISION) * qk_scale
+        pt = tl.exp2(st - lse[None, :])
+        pt = tl.where(mask_n[:, None] & mask_m[None, :], pt, 0.0)  # [N, M]
+        dout = tl.load(Dout + offs_m[:, None] * stride_dn + offs_c[None, :] * stride_dc,
+                       mask=mask_m[:, None] & mask_c[None, :], other=0.0)  # [M, CV]
+        dv += tl.dot(pt.to(dout.dtype), dout, input_precision=MM_PRECISION)
+        dpt = tl.dot(v, tl.trans(dout), input_precision=MM_PRECISION)  # [N, M]
+        dst = pt * (dpt * gamma - delta[None, :]) * scale  # [N, M], fp32
+        dk += tl.dot(dst.to(q.dtype), q, input_precision=MM_PRECISION)
+        if ATOMIC_DQ:
+            dqt = tl.dot(kt, dst.to(kt.dtype), input_precision=MM_PRECISION)  # [D, M]
+            tl.atomic_add(DQ + b * CQK * N + offs_d[:, None] * N + offs_m[None, :], dqt,
+                          mask=mask_d[:, None] & mask_m[None, :], sem="relaxed")
+    tl.store(DK + b * CQK * N + offs_d[None, :] * N + offs_n[:, None],
+             dk.to(DK.dtype.element_ty), mask=mask_n[:, None] & mask_d[None, :])
+    tl.store(DV + b * CV * N + offs_c[None, :] * N + offs_n[:, None],
+             (dv * gamma).to(DV.dtype.element_ty), mask=mask_n[:, None] & mask_c[None, :])
+
+
+@_tune(_BWD_DQ_HALF, _BWD_TF32X3)
 @triton.jit
 def _pam_bwd_dq_kernel(
     Q, K, V, Dout, Gamma, Lse, Delta, DQ,
@@ -394,20 +492,6 @@ def _pam_bwd_dq_kernel(
 # --- launch code -------------------------------------------------------------------------
 
 
-def _precisions(dtype: torch.dtype) -> tuple[str, str]:
-    """(q·k precision, precision of the other products) for tl.dot.
-
-    fp32 energies are unscaled logits of magnitude ~50 in DANet, where TF32 moves the
-    softmax by percent: always true fp32. The other products may use TF32 only when the
-    user allowed it the PyTorch way (``torch.set_float32_matmul_precision("high")``).
-    Half inputs ignore the setting (tensor cores, fp32 accumulation).
-    """
-    if dtype != torch.float32:
-        return "tf32", "tf32"
-    mm = "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
-    return "ieee", mm
-
-
 def _block_d(cqk: int) -> int:
     # tl.dot needs every dimension >= 16.
     return max(16, triton.next_power_of_2(cqk))
@@ -434,7 +518,7 @@ def pam_forward(
     o = torch.empty_like(out) if keep_o else v.new_empty(0)
     lse = torch.empty((batch, n), dtype=torch.float32, device=q.device)
     res = residual if has_residual else v
-    qk_precision, mm_precision = _precisions(q.dtype)
+    qk_precision, mm_precision = configs.dot_precisions(q.dtype)
 
     def grid(meta):
         return (triton.cdiv(n, meta["BLOCK_M"]), triton.cdiv(cv, meta["BLOCK_DV"]), batch)
@@ -447,6 +531,15 @@ def pam_forward(
         QK_PRECISION=qk_precision, MM_PRECISION=mm_precision, BLOCK_D=_block_d(cqk),
     )
     return out, lse, o
+
+
+def backward_variant(cv: int) -> str:
+    """``split`` (default: the measured one, benchmarks/results/nvidia-h200/) or ``fused``
+    (``DANET_OPS_TRITON_PAM_BWD=fused``; value widths up to FUSED_MAX_CV, else ``split``)."""
+    value = os.environ.get(BWD_VARIANT_ENV, "split").strip().lower()
+    if value not in ("split", "fused"):
+        raise ValueError(f"{BWD_VARIANT_ENV} must be 'split' or 'fused', got {value!r}")
+    return "fused" if value == "fused" and cv <= FUSED_MAX_CV else "split"
 
 
 def pam_backward(
@@ -468,7 +561,7 @@ def pam_backward(
     cv = v.shape[1]
     has_gamma = gamma is not None
     deterministic = torch.are_deterministic_algorithms_enabled()
-    qk_precision, mm_precision = _precisions(q.dtype)
+    qk_precision, mm_precision = configs.dot_precisions(q.dtype)
     precisions = dict(QK_PRECISION=qk_precision, MM_PRECISION=mm_precision, BLOCK_D=_block_d(cqk))
     sizes = (n, cqk, cv, _n_bucket(n))
     lse = lse.contiguous()  # indexed as [B, N] (it is, coming from pam_forward)
@@ -482,27 +575,35 @@ def pam_backward(
     )
 
     dv = torch.empty((batch, cv, n), dtype=v.dtype, device=v.device)
-
-    def dv_grid(meta):
-        return (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(cv, meta["BLOCK_DV"]), batch)
-
-    _pam_bwd_dv_kernel[dv_grid](
-        q, k, dout, gamma_arg, lse, dv, *q.stride(), *k.stride(), *dout.stride(),
-        *sizes, float(scale) * LOG2E, HAS_GAMMA=has_gamma, **precisions,
-    )
-
     dk = torch.empty((batch, cqk, n), dtype=k.dtype, device=k.device)
     if deterministic:
         dq = torch.empty((batch, cqk, n), dtype=q.dtype, device=q.device)
-        dq_acc = dq  # unused by the dK kernel without ATOMIC_DQ
+        dq_acc = dq  # unused by the dK kernels without ATOMIC_DQ
     else:
         dq_acc = torch.zeros((batch, cqk, n), dtype=torch.float32, device=q.device)
     strides = (*q.stride(), *k.stride(), *v.stride(), *dout.stride())
-    _pam_bwd_dk_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), batch)](
-        q, k, v, dout, gamma_arg, lse, delta, dk, dq_acc, *strides,
-        *sizes, float(scale) * LOG2E, float(scale),
-        HAS_GAMMA=has_gamma, ATOMIC_DQ=not deterministic, **precisions,
-    )
+    key_blocks = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), batch)  # noqa: E731
+
+    if backward_variant(cv) == "fused":
+        _pam_bwd_fused_kernel[key_blocks](
+            q, k, v, dout, gamma_arg, lse, delta, dk, dq_acc, dv, *strides,
+            *sizes, float(scale) * LOG2E, float(scale),
+            HAS_GAMMA=has_gamma, ATOMIC_DQ=not deterministic,
+            BLOCK_CV=max(16, triton.next_power_of_2(cv)), **precisions,
+        )
+    else:
+        def dv_grid(meta):
+            return (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(cv, meta["BLOCK_DV"]), batch)
+
+        _pam_bwd_dv_kernel[dv_grid](
+            q, k, dout, gamma_arg, lse, dv, *q.stride(), *k.stride(), *dout.stride(),
+            *sizes, float(scale) * LOG2E, HAS_GAMMA=has_gamma, **precisions,
+        )
+        _pam_bwd_dk_kernel[key_blocks](
+            q, k, v, dout, gamma_arg, lse, delta, dk, dq_acc, *strides,
+            *sizes, float(scale) * LOG2E, float(scale),
+            HAS_GAMMA=has_gamma, ATOMIC_DQ=not deterministic, **precisions,
+        )
     if deterministic:
         _pam_bwd_dq_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), batch)](
             q, k, v, dout, gamma_arg, lse, delta, dq, *strides,
