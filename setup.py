@@ -80,7 +80,16 @@ setup(
         "ninja",
         "triton; platform_system == 'Linux' and platform_machine == 'x86_64'",
     ],
-    extras_require={"test": ["pytest>=7"], "plots": ["matplotlib"]},
+    extras_require={
+        "test": ["pytest>=7"],
+        "plots": ["matplotlib"],
+        # danet_ops.mmseg (the FusedDAHead plugin). mmcv itself is installed as mmseg's docs
+        # say (`mim install mmcv`: prebuilt wheels per torch/CUDA); mmseg imports ftfy and
+        # regex without declaring them.
+        "mmseg": ["mmsegmentation>=1.0.0,<2", "mmengine>=0.5.0,<1", "ftfy", "regex"],
+        # danet_ops.onnx_translation_table() (export), onnxruntime to run the result.
+        "onnx": ["onnx", "onnxscript", "onnxruntime"],
+    },
     cmdclass={"build_py": BuildPyWithSources, **EXTRA_CMDCLASS},
     ext_modules=EXT_MODULES,
     zip_safe=False,

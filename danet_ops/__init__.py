@@ -6,6 +6,15 @@ from danet_ops.reference import channel_attention_reference, position_attention_
 
 __version__ = "0.1.0"
 
+
+def onnx_translation_table() -> dict:
+    """danet_ops' custom ops as ONNX Script functions (the eager math), for
+    ``torch.onnx.export(..., dynamo=True, custom_translation_table=...)``. Needs onnxscript."""
+    from danet_ops.onnx import translation_table
+
+    return translation_table()
+
+
 __all__ = [
     "AttentionMemoryError",
     "BACKENDS",
@@ -16,6 +25,7 @@ __all__ = [
     "available_backends",
     "channel_attention",
     "channel_attention_reference",
+    "onnx_translation_table",
     "position_attention",
     "position_attention_reference",
     "replace_attention",
