@@ -812,7 +812,7 @@ def plot_vs_eager(path: Path, op: str, rows: list[dict], kind: str, env: dict) -
             for k, backend in enumerate(order):
                 pts = sorted((r for r in have if r["backend"] == backend), key=lambda r: r["N"])
                 # A small sideways offset per backend, so points at one N do not hide each other.
-                dodge = 2 ** (0.04 * (k - (len(order) - 1) / 2))
+                dodge = 2 ** (0.03 * (k - (len(order) - 1) / 2))
                 xs = [r["N"] * dodge for r in pts]
                 ys = [r[key] for r in pts]
                 values += ys
@@ -835,7 +835,7 @@ def plot_vs_eager(path: Path, op: str, rows: list[dict], kind: str, env: dict) -
                 h = ax.errorbar(xs, ys, yerr=yerr, color=color, marker=marker,
                                 ls="--" if baseline else "-", lw=1.4 if baseline else 2.2,
                                 markersize=11 if marker == "*" else 7, capsize=3, zorder=3)
-                handles.setdefault(BACKEND_LABEL.get(backend, backend), h)
+                handles.setdefault(backend, h)
                 noisy = [(x, y) for r, x, y in zip(pts, xs, ys) if noisy_parts(r)]
                 if noisy and kind == "speedup":
                     noisy_handle = ax.scatter([p[0] for p in noisy], [p[1] for p in noisy], s=260,
@@ -855,9 +855,12 @@ def plot_vs_eager(path: Path, op: str, rows: list[dict], kind: str, env: dict) -
             if kind == "speedup" else "peak extra memory vs eager (beyond the inputs)")
     fig.suptitle(f"{op.upper()} {what}\n{_device_text(env)}, {_shape_text(op, ok)}, "
                  f"torch {env.get('torch', '?')}, {env.get('date', '')}", fontsize=11)
+    labels = [BACKEND_LABEL.get(b, b) for b in _backend_order(handles)]
+    handles = [handles[b] for b in _backend_order(handles)]
     if noisy_handle is not None:
-        handles[f"⚠ noisy: p20–p80 spread\n> {100 * SPREAD_LIMIT:.0f}% of the median"] = noisy_handle
-    fig.legend(list(handles.values()), list(handles.keys()), loc="center right", fontsize=9,
+        labels.append(f"⚠ noisy: p20–p80 spread\n> {100 * SPREAD_LIMIT:.0f}% of the median")
+        handles.append(noisy_handle)
+    fig.legend(handles, labels, loc="center right", fontsize=9,
                title="dashed: baselines\nsolid: danet_ops", title_fontsize=8)
     fig.tight_layout(rect=(0, 0, 1 - 2.6 / fig.get_figwidth(), 1))
     fig.savefig(path, dpi=110)
