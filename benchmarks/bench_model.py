@@ -108,7 +108,7 @@ def build_configs(args: argparse.Namespace, device: torch.device) -> list[dict]:
                                            if s["win"] else ""),
                     device=str(device), threads=args.threads,
                     amp_dtype="bf16", warmup=args.warmup if args.warmup is not None else (2 if cuda else 1),
-                    rep=args.rep if args.rep is not None else (1 if args.quick or not cuda else 5),
+                    rep=args.rep if args.rep is not None else (5 if cuda else 2 if args.quick else 3),
                 ))
     return configs
 
@@ -123,8 +123,9 @@ def _build(cfg: dict, device: torch.device):
     return model.to(device)
 
 
-def _timed(fn, device: torch.device, warmup: int, rep: int, peak_fn) -> tuple[float, int]:
-    """Warm up, then ``rep`` timed calls, the first under ``peak_fn`` (memory); median ms."""
+def _timed(fn, device: torch.device, warmup: int, rep: int, peak_fn) -> tuple[dict, int]:
+    """Warm up, then ``rep`` timed calls, the first under ``peak_fn`` (memory); returns
+    ``{"ms": median, "p20_ms", "p80_ms", "reps"}`` and the peak."""
     for _ in range(max(1, warmup)):
         fn()
     common.synchronize(device)
@@ -139,8 +140,7 @@ def _timed(fn, device: torch.device, warmup: int, rep: int, peak_fn) -> tuple[fl
         fn()
         common.synchronize(device)
         times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
-    return times[len(times) // 2], peak
+    return common.summarize_times(times), peak
 
 
 def _total_peak_bytes(fn, device: torch.device, base: int) -> int:
@@ -197,9 +197,10 @@ def runner(cfg: dict, device: torch.device) -> dict:
 
         model.train()
         # Peak of a whole step over everything the run owns (mmseg's "Mem (GB)").
-        ms, peak_total = _timed(train_step, device, cfg["warmup"], cfg["rep"],
-                                lambda fn: _total_peak_bytes(fn, device, base))
-        result.update(train_ms=ms, train_mem_gb=peak_total / 2**30,
+        stats, peak_total = _timed(train_step, device, cfg["warmup"], cfg["rep"],
+                                   lambda fn: _total_peak_bytes(fn, device, base))
+        result.update({"train_" + k: v for k, v in stats.items()})
+        result.update(train_mem_gb=peak_total / 2**30,
                       mem_method="cuda-allocator" if device.type == "cuda" else "rss-hwm-reset")
     except Exception as exc:
         result = {"status": "train " + common.short_error(exc)}
@@ -218,9 +219,10 @@ def runner(cfg: dict, device: torch.device) -> dict:
             with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
                 inference(model, image, s["mode"], s["win"], s["stride"])
 
-        ms, peak = _timed(infer, device, cfg["warmup"], cfg["rep"],
-                          lambda fn: common.peak_extra_bytes(fn, device)[0])
-        result.update(infer_ms=ms, fps=1000.0 / ms, infer_peak_gb=peak / 2**30)
+        stats, peak = _timed(infer, device, cfg["warmup"], cfg["rep"],
+                             lambda fn: common.peak_extra_bytes(fn, device)[0])
+        result.update({"infer_" + k: v for k, v in stats.items()})
+        result.update(fps=1000.0 / stats["ms"], infer_peak_gb=peak / 2**30)
     except Exception as exc:
         msg = "infer " + common.short_error(exc)
         result["status"] = msg if result["status"] == "ok" else result["status"] + "; " + msg
@@ -245,11 +247,38 @@ COLUMNS = [
     ("preset", "config"), ("backend", "attention"), ("precision", "precision"),
     ("crop", "train crop"), ("test", "test input"), ("test_mode", "test mode"),
     ("train_mem_gb", "Mem (GB), train B=2"), ("train_ms", "train ms/step"),
-    ("fps", "Inf time (fps), B=1"), ("infer_peak_gb", "inference peak extra (GB)"),
+    ("train_range", "train ms p20–p80"), ("fps", "Inf time (fps), B=1"),
+    ("fps_range", "fps p20–p80"), ("spread_text", "spread (train / inference)"),
+    ("infer_peak_gb", "inference peak extra (GB)"),
     ("mem_vs_eager", "train mem vs eager (×)"), ("fps_vs_eager", "fps vs eager (×)"),
     ("status", "status"),
 ]
-CSV_COLUMNS = [k for k, _ in COLUMNS] + ["infer_ms", "scale", "amp_dtype", "mem_method", "device"]
+CSV_COLUMNS = [
+    "preset", "backend", "precision", "crop", "test", "test_mode", "train_mem_gb", "train_ms",
+    "train_p20_ms", "train_p80_ms", "train_reps", "fps", "infer_ms", "infer_p20_ms",
+    "infer_p80_ms", "infer_reps", "noisy", "infer_peak_gb", "mem_vs_eager", "fps_vs_eager",
+    "status", "scale", "amp_dtype", "mem_method", "device",
+]
+
+
+def derive(rows: list[dict]) -> None:
+    """Ratios to the eager row of the same preset and precision, spreads and their ⚠."""
+    base = {}
+    for r in rows:
+        if r["backend"] == "eager":
+            base[(r["preset"], r["precision"])] = r
+    for r in rows:
+        b = base.get((r["preset"], r["precision"]), {})
+        r["mem_vs_eager"] = (r["train_mem_gb"] / b["train_mem_gb"]
+                             if r.get("train_mem_gb") and b.get("train_mem_gb") else None)
+        r["fps_vs_eager"] = r["fps"] / b["fps"] if r.get("fps") and b.get("fps") else None
+        r["train_range"] = common.range_text(r.get("train_p20_ms"), r.get("train_p80_ms"))
+        p20, p80 = r.get("infer_p20_ms"), r.get("infer_p80_ms")
+        r["fps_range"] = common.range_text(1000.0 / p80, 1000.0 / p20) if p20 and p80 else None
+        spreads = [common.spread_of(r, "train_"), common.spread_of(r, "infer_")]
+        r["spread_text"] = " / ".join(common.spread_text(x) or "–" for x in spreads)
+        known = [x for x in spreads if x is not None]
+        r["noisy"] = any(x > common.SPREAD_LIMIT for x in known) if known else None
 
 
 def notes(device: torch.device, configs: list[dict]) -> list[str]:
@@ -263,6 +292,9 @@ def notes(device: torch.device, configs: list[dict]) -> list[str]:
         "was built (weights, gradients, momenta, activations), as mmseg's max_memory_allocated.",
         "Inf time (fps): batch 1, one test image in the preset's test mode "
         "(whole, or slide with window/stride), median of the timed repeats after warm-up.",
+        "p20–p80: 20th and 80th percentiles of the timed repeats (the first of them is the "
+        "memory-measuring call); spread = (p80 − p20)/median, above "
+        f"{100 * common.SPREAD_LIMIT:.0f}% marked ⚠ (noisy: compare with care).",
         "precision 'amp': torch.autocast bf16 (weights fp32).",
         "Random weights and inputs; the numbers measure cost, not accuracy.",
     ]
@@ -286,20 +318,12 @@ def run(args: argparse.Namespace, device: torch.device, env: dict, peak_tflops=N
         return []
     configs = build_configs(args, device)
     print(f"model: {len(configs)} configs on {env['device']}", flush=True)
-    rows = common.sweep(MODULE, runner, configs, device, not args.no_isolate, args.timeout, describe)
-    base = {}
-    for r in rows:
-        if r["backend"] == "eager":
-            base[(r["preset"], r["precision"])] = r
-    for r in rows:
-        b = base.get((r["preset"], r["precision"]), {})
-        r["mem_vs_eager"] = (r["train_mem_gb"] / b["train_mem_gb"]
-                             if r.get("train_mem_gb") and b.get("train_mem_gb") else None)
-        r["fps_vs_eager"] = r["fps"] / b["fps"] if r.get("fps") and b.get("fps") else None
-    out = common.output_dir(args.out, device)
-    common.write_markdown(out / "model.md", TITLE, env, notes(device, configs), COLUMNS, rows)
-    common.write_csv(out / "model.csv", CSV_COLUMNS, rows)
-    print(f"  wrote {out / 'model.md'} and .csv")
+    table = common.TableSet(common.output_dir(args.out, device), "model", TITLE, env,
+                            notes(device, configs), COLUMNS, CSV_COLUMNS, derive=derive,
+                            expected=len(configs))
+    rows = common.sweep(MODULE, runner, configs, device, not args.no_isolate, args.timeout,
+                        describe, table)
+    table.finish()
     return rows
 
 

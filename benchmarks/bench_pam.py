@@ -200,9 +200,8 @@ def notes(device: torch.device) -> list[str]:
 def run(args: argparse.Namespace, device: torch.device, env: dict, peak_tflops) -> list[dict]:
     configs = build_configs(args, device)
     print(f"PAM: {len(configs)} configs on {env['device']}", flush=True)
-    rows = common.sweep(MODULE, runner, configs, device, not args.no_isolate, args.timeout, describe)
-    common.finish_op("pam", TITLE, rows, device, env, notes(device), args.out, peak_tflops)
-    return rows
+    return common.run_op("pam", TITLE, MODULE, runner, configs, describe, notes(device), args,
+                         device, env, peak_tflops)
 
 
 def main(argv=None) -> None:

@@ -39,8 +39,7 @@ VARIANTS = {
     "bwd=fused": {"DANET_OPS_TRITON_PAM_BWD": "fused"},
     "fp32=ieee": {"DANET_OPS_TRITON_FP32": "ieee"},
 }
-ROW_COLUMNS = [k for k, _ in common.OP_COLUMNS] + [
-    "op", "flops", "peak_bytes", "flex_kernel_options", "seconds"]
+ROW_COLUMNS = ["op"] + common.OP_CSV_COLUMNS + ["flex_kernel_options", "seconds"]
 
 
 def _cfg(op, h, w, b, dtype, mode, backend, device, timing):
@@ -233,6 +232,9 @@ def run(out: Path, device: torch.device, budget_s: float, dry_run: bool, only: d
             err = row.get("err_vs_chunked")
             print(f"[{i + 1}/{len(cfgs)}] {cfg['op']} {cfg['shape']} {cfg['dtype']} {cfg['mode']} "
                   f"{cfg['backend']}: {common.fmt(row.get('ms'))} ms"
+                  + (f" (p20–p80 {common.range_text(row.get('p20_ms'), row.get('p80_ms'))})"
+                     if row["status"] == "ok" else "")
+                  + "".join(f" ⚠ noisy: {part}" for part in common.noisy_parts(row))
                   + (f", err {err:.1e}" if err is not None else "")
                   + ("" if row["status"] == "ok" else f" [{row['status'][:100]}]")
                   + f" ({row['seconds']} s)", flush=True)
@@ -259,7 +261,7 @@ def render(sources: list[str], out: Path, env_file: Path, notes: list[str]) -> N
         env[key] = value
     peak = float(env["measured dense bf16 matmul"].split()[0])
     ints = ("N", "B", "C", "Cqk", "H", "W")
-    floats = ("ms", "flops", "peak_bytes", "err_vs_chunked", "seconds")
+    floats = ("ms", "p20_ms", "p80_ms", "flops", "peak_bytes", "err_vs_chunked", "seconds")
     rows = []
     for source in sources:
         label, _, path = source.partition("=")

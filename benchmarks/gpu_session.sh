@@ -110,7 +110,7 @@ BUDGET=$(( $(left) - 45 ))
 (( BUDGET < 20 )) && BUDGET=20
 run headline $(( BUDGET + 40 )) $PY -m benchmarks.gpu_headline --out "$W/results" --budget-s "$BUDGET" \
   --variants "${BENCH[@]}"
-RES=$(ls -d "$W"/results/*/ 2>/dev/null | head -1)
+RES=$(ls -d "$W"/results/*/ 2>/dev/null | grep -v "\.partial/$" | head -1)   # not an unfinished set
 for f in pam.md cam.md; do [[ -n "$RES" && -f "$RES/$f" ]] && cp "$RES/$f" "$OUT/$f"; done
 
 # f. autotune choices, and the compile counts measured in the background

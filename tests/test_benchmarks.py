@@ -1,30 +1,43 @@
 """Smoke test of the benchmark CLI: tiny sizes into a temporary folder, then the tables.
 
 Runs ``python -m benchmarks`` as a user would (a subprocess from the repository root) and
-checks that the Markdown and CSV files hold a row per config with finite numbers and the
-ratio-to-eager columns.
+checks that the Markdown, CSV and PNG files appear, the tables hold a row per config with
+finite numbers, the spread of every row and the ratio-to-eager columns; that a complete
+run replaces a benchmark's old set as a whole; and that an interrupted run keeps what it
+measured (tables and plots) without touching the old set. In-process, not in a fresh venv:
+``.ci/bench.sh`` runs the README's install + benchmark command in one.
 """
 import csv
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
+
+from benchmarks import common
 
 ROOT = Path(__file__).resolve().parent.parent
+SLUG = common.device_slug(torch.device("cpu"))
 
 
-def _run(args, tmp_path):
+def _env():
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)  # the benchmarks never run the interpreter
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def _run(args, tmp_path):
     cmd = [sys.executable, "-m"] + args + ["--out", str(tmp_path)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     dirs = [d for d in tmp_path.iterdir() if d.is_dir()]
-    assert len(dirs) == 1, dirs
+    assert dirs == [tmp_path / SLUG], dirs  # and no .partial folder left behind
     return proc.stdout, dirs[0]
 
 
@@ -39,29 +52,110 @@ def _check_op(out_dir, op, backends):
     assert sorted(r["backend"] for r in rows) == sorted(backends)
     for r in rows:
         assert r["status"] == "ok", r
-        for key in ("ms", "tflops", "peak_mib", "speedup_vs_eager"):
+        for key in ("ms", "p20_ms", "p80_ms", "spread", "tflops", "peak_mib", "speedup_vs_eager"):
             assert math.isfinite(float(r[key])), (key, r)
-        assert float(r["ms"]) > 0
+        assert 0 < float(r["p20_ms"]) <= float(r["ms"]) <= float(r["p80_ms"])
+        assert r["noisy"] == str(float(r["spread"]) > common.SPREAD_LIMIT)
         assert float(r["peak_mib"]) >= 0
     eager = [r for r in rows if r["backend"] == "eager"][0]
     assert float(eager["speedup_vs_eager"]) == 1.0
     md = (out_dir / f"{op}.md").read_text()
-    assert "memory vs eager" in md and "speedup vs eager" in md
+    assert "memory vs eager" in md and "speedup vs eager" in md and "p20–p80 ms" in md
     assert "torch:" in md and "triton:" in md and "date:" in md and "device:" in md
     table = [line for line in md.splitlines() if line.startswith("| 8x8 ")]
     assert len(table) == len(rows)
 
 
 def test_cli_pam_cam_in_process(tmp_path):
+    """Every promised file (md, csv, speedup and memory PNG per op), and a complete run
+    replaces each benchmark's old set as a whole, leaving other benchmarks' files alone."""
+    pytest.importorskip("matplotlib")  # in the test extra, as in the bench extra
+    old = tmp_path / SLUG
+    old.mkdir()
+    for name in ("pam.md", "pam_time.png", "pam_extra.png", "model.md"):
+        (old / name).write_text("an earlier run")
     stdout, out_dir = _run(
         ["benchmarks", "--quick", "--ops", "pam,cam", "--sizes", "8x8", "--modes", "fwdbwd",
          "--backends", "eager,sdpa,chunked", "--no-isolate", "--device", "cpu"],
         tmp_path,
     )
     assert out_dir.name.startswith("cpu-")
-    assert "[3/3] pam 8x8" in stdout and "PAM fwd+bwd" in stdout
+    assert "[3/3] pam 8x8" in stdout and "PAM fwd+bwd" in stdout and "p20–p80" in stdout
     _check_op(out_dir, "pam", ["eager", "sdpa", "chunked"])
     _check_op(out_dir, "cam", ["eager", "chunked"])
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        "cam.csv", "cam.md", "cam_memory.png", "cam_speedup.png", "model.md",
+        "pam.csv", "pam.md", "pam_memory.png", "pam_speedup.png"]
+    assert (out_dir / "model.md").read_text() == "an earlier run"  # not run: kept
+    for png in out_dir.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupted_run_keeps_its_rows(tmp_path, sig):
+    """Ctrl-C (or a kill) after the first rows: they are in <slug>.partial/ as tables and
+    plots, and the earlier complete set in <slug>/ is untouched."""
+    pytest.importorskip("matplotlib")
+    old = tmp_path / SLUG
+    old.mkdir()
+    (old / "pam.md").write_text("an earlier run")
+    cmd = [sys.executable, "-m", "benchmarks.bench_pam", "--quick", "--sizes", "8x8,12x16,16x16",
+           "--backends", "eager,chunked", "--no-isolate", "--device", "cpu", "--out", str(tmp_path)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.strip().startswith("[2/12]"):
+                proc.send_signal(sig)
+                break
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    output = "".join(lines) + out
+    assert proc.returncode == 130, output
+    assert "interrupted after" in output, output
+    partial = tmp_path / (SLUG + ".partial")
+    assert sorted(p.name for p in partial.iterdir()) == [
+        "pam.csv", "pam.md", "pam_memory.png", "pam_speedup.png"], output
+    rows = _rows(partial / "pam.csv")
+    assert 2 <= len(rows) < 12 and all(r["status"] == "ok" for r in rows)
+    md = (partial / "pam.md").read_text()
+    assert "Interrupted run" in md and md.count("| 8x8 ") == min(len(rows), 4)
+    assert sorted(p.name for p in old.iterdir()) == ["pam.md"]
+    assert (old / "pam.md").read_text() == "an earlier run"
+
+
+def test_rows_are_written_as_they_come_and_noisy_rows_marked(tmp_path, capsys):
+    """TableSet appends each row to the staging tables at once; a row whose p20–p80 spread
+    is above 25% of its median is marked in the Markdown, the CSV and the console."""
+    out = tmp_path / "dev"
+    table = common.op_table("pam", "t", torch.device("cpu"), {"device": "x"}, [], str(tmp_path),
+                            None, slug="dev", expected=2)
+    base = dict(shape="8x8", N=64, B=1, C=4, Cqk=2, dtype="fp32", mode="fwd", status="ok",
+                flops=1e6, peak_bytes=2**20, reps=5)
+    quiet = dict(base, backend="eager", ms=10.0, p20_ms=9.5, p80_ms=10.5)
+    noisy = dict(base, backend="chunked", ms=5.0, p20_ms=4.0, p80_ms=6.0)
+    table.add(quiet)
+    staged = tmp_path / "dev.partial"
+    assert len(_rows(staged / "pam.csv")) == 1 and not out.exists()
+    table.add(noisy)
+    rows = _rows(staged / "pam.csv")
+    assert [r["noisy"] for r in rows] == ["False", "True"]
+    assert [float(r["spread"]) for r in rows] == [pytest.approx(0.1), pytest.approx(0.4)]
+    assert float(rows[1]["speedup_vs_eager"]) == 2.0  # ratio known as the row arrives
+    md = (staged / "pam.md").read_text()
+    assert "| 10% |" in md and "| 40% ⚠ |" in md and "9.5–10.5" in md
+    table.finish()
+    assert not staged.exists() and (out / "pam.md").read_text() == md
+    assert common.noisy_parts(noisy) == ["spread 40%"] and common.noisy_parts(quiet) == []
+    assert common.quantile([1.0, 2.0, 3.0, 4.0, 5.0], 0.2) == pytest.approx(1.8)
 
 
 def test_cli_isolated_cpu_process(tmp_path):
