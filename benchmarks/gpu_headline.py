@@ -98,7 +98,7 @@ def plan(device: torch.device, dry_run: bool) -> list[dict]:
         rows = []
         for op, backends in (("pam", ["eager", "sdpa", "chunked", "triton"]),
                              ("cam", ["eager", "chunked", "triton"])):
-            for h, w in ((8, 8), (12, 16)):
+            for h, w in ((12, 16),):  # one ragged size: the dry run checks the flow, not speed
                 for mode in ("fwdbwd", "fwd"):
                     for be in backends:
                         cfg = _cfg(op, h, w, 1, "fp32", mode, be, device, timing)
