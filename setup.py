@@ -75,10 +75,12 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["danet_ops", "danet_ops.*"]),
     install_requires=[
-        "torch>=2.4",
+        # Supported range (README "Supported versions"): oldest torch 2.11 / triton 3.6,
+        # newest tested torch 2.13 / triton 3.9.
+        "torch>=2.11",
         "numpy",
         "ninja",
-        "triton; platform_system == 'Linux' and platform_machine == 'x86_64'",
+        "triton>=3.6; platform_system == 'Linux' and platform_machine == 'x86_64'",
     ],
     extras_require={
         # The suite checks that the benchmarks draw their plots.

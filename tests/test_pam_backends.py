@@ -66,8 +66,36 @@ def test_pam_optional_epilogue(with_gamma, with_residual):
         assert rel_err(g, rg) < 1e-5
 
 
+FP16_U = 2.0**-11  # fp16 unit roundoff
+
+
+def _qk_grad_scales(q, k, v, gamma, dout):
+    """Σ|terms| of dq and dk, float64: the yardstick for their rounding error.
+
+    dq_i = γ Σ_j P_ij (dP_ij − rowdot_i) k_j with dP_ij = Σ_c dout_ci v_cj and
+    rowdot_i = Σ_c dout_ci o_ci (dk alike, summed over i with q_i). When a softmax row is
+    one-hot, dP_ij − rowdot_i cancels to ~0 and so do dq and dk: their own magnitude (down to
+    1e-40 here) measures nothing, while fp16 rounding of o still perturbs them in proportion
+    to these terms.
+    """
+    q64, k64, v64, d64 = (t.detach().double() for t in (q, k, v, dout))
+    p = torch.softmax(q64.transpose(1, 2) @ k64, dim=-1)  # [B, N(i), N(j)]
+    o = v64 @ p.transpose(1, 2)  # [B, C, N(i)]
+    terms = d64.abs().transpose(1, 2) @ v64.abs() + (d64.abs() * o.abs()).sum(1)[:, :, None]
+    weights = gamma.detach().double().abs() * p * terms  # [B, N(i), N(j)]
+    return k64.abs() @ weights.transpose(1, 2), q64.abs() @ weights  # [B, D, N] each
+
+
 def test_pam_half_large_magnitude_stays_finite():
-    """Logits beyond fp16 range (~±3e4): eager fp16 overflows the energies; chunked keeps them in fp32."""
+    """Logits beyond fp16 range (~±1e5): eager fp16 overflows the energies; chunked keeps them
+    in fp32 and is accurate to a few fp16 roundings.
+
+    Every error is max|err| over a float64 yardstick, against 4u (u = 2^-11): one rounding of
+    the fp16 result, one of the saved fp16 attention output (it enters dq, dk and dgamma),
+    and ~2u for the fp32 energies: past the fp16 limit (|E| > 6.5e4) their absolute error is
+    ~2^-24·|E| ≈ 4e-3, which moves a softmax weight by P(1−P)·4e-3 ≤ 1e-3 in a near-tie row.
+    Measured worst over 200 seeds, torch 2.11 and 2.13: 1.6u (out), 1.0u (v), 0.2u (q).
+    """
     q, k, v, gamma, residual = pam_inputs(1, 8, 32, 221, dtype=torch.float16, magnitude=100.0)
     eager = danet_ops.position_attention(q, k, v, gamma=gamma, residual=residual, backend="eager")
     assert not torch.isfinite(eager).all(), "premise: eager fp16 overflows at this magnitude"
@@ -76,10 +104,21 @@ def test_pam_half_large_magnitude_stays_finite():
     grads = torch.autograd.grad(out, (q, k, v, gamma, residual), dout)
     ref, ref_grads = _reference_and_grads(q, k, v, gamma, residual, dout)
     assert torch.isfinite(out).all()
-    assert rel_err(out, ref) < 1e-2
-    for name, g, rg in zip("q k v gamma residual".split(), grads, ref_grads):
+    for name, g in zip("q k v gamma residual".split(), grads):
         assert torch.isfinite(g).all(), name
-        assert rel_err(g, rg) < 2e-2, name
+
+    def max_err(a, b, yardstick):
+        return (a.detach().double() - b.detach().double()).abs().max().item() / yardstick
+
+    # out, dv, dresidual: their own largest element is the yardstick.
+    for name, a, b in (("out", out, ref), ("v", grads[2], ref_grads[2]), ("residual", grads[4], ref_grads[4])):
+        assert max_err(a, b, b.detach().abs().max().item()) < 4 * FP16_U, name
+    # dq, dk: the magnitude of their terms (they cancel to ~0 in one-hot softmax rows).
+    for name, a, b, scale in zip("qk", grads[:2], ref_grads[:2], _qk_grad_scales(q, k, v, gamma, dout)):
+        assert max_err(a, b, scale.max().item()) < 4 * FP16_U, name
+    # dgamma = Σ dout∘o, a cancelling sum: Σ|terms| is the yardstick.
+    raw = danet_ops.position_attention_reference(*(t.detach().double() for t in (q, k, v)))
+    assert sum_err(grads[3], ref_grads[3], dout.double() * raw) < 4 * FP16_U, "gamma"
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

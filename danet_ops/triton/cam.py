@@ -105,7 +105,9 @@ def _gram_kernel(
     tl.store(out + rows[:, None] * C + cols[None, :], acc, mask=mask)
     if SYMMETRIC:
         # The mirror image; a diagonal tile already holds both halves.
-        tl.store(out + cols[None, :] * C + rows[:, None], acc, mask=mask & (ti < tj))
+        # A branch, not `mask & (ti < tj)` (triton 3.9's interpreter rejects scalar-bool masks).
+        if ti < tj:
+            tl.store(out + cols[None, :] * C + rows[:, None], acc, mask=mask)
 
 
 @triton.jit

@@ -188,7 +188,10 @@ def _pam_fwd_kernel(
     if SAVE_O:
         tl.store(O + out_offs, o.to(O.dtype.element_ty), mask=out_mask)
     lse = (m_i + tl.log2(l_i)) * 0.6931471805599453  # natural log
-    tl.store(Lse + b * N + offs_m, lse, mask=mask_m & (pid_v == 0))
+    # A branch, not `mask_m & (pid_v == 0)`: triton 3.9's interpreter rejects a mask that
+    # combines a tensor with a scalar bool.
+    if pid_v == 0:
+        tl.store(Lse + b * N + offs_m, lse, mask=mask_m)
 
 
 # --- backward ----------------------------------------------------------------------------
