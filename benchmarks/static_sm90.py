@@ -30,6 +30,8 @@ How, without a GPU:
 * Compiles run in a pool of processes (default: one per core) with a per-compile timeout;
   a worker past its time is killed with its ptxas, and the row says ``timeout``. Compiles
   use a private, temporary Triton cache, so every number comes from a fresh ptxas run.
+  Each row records the compile's wall time and its CPU time (worker + ptxas); the CPU
+  time is what to budget with, since wall time on a shared machine follows its load.
 
 Labels: a kernel is named by its function (``_pam_fwd_kernel`` -> ``pam_fwd``, CAM's
 ``_gram_kernel`` -> ``cam_gram``) plus, where the launch code starts it with different
@@ -47,6 +49,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -78,7 +81,7 @@ DEFAULT_TIMEOUT_S = 300.0
 ENUMERATE_TIMEOUT_S = 180.0
 CSV_COLUMNS = [
     "kernel", "config", "dtype", "status", "registers", "spill_stores", "spill_loads",
-    "stack_bytes", "shared_bytes", "exceeds_shared", "spills", "compile_s",
+    "stack_bytes", "shared_bytes", "exceeds_shared", "spills", "compile_s", "compile_cpu_s",
 ]
 
 
@@ -95,7 +98,8 @@ class Row:
     spill_loads: Optional[int] = None
     stack_bytes: Optional[int] = None
     shared_bytes: Optional[int] = None
-    compile_s: Optional[float] = None
+    compile_s: Optional[float] = None  # wall time of the compile
+    compile_cpu_s: Optional[float] = None  # CPU time (worker + ptxas): load-independent
 
     @property
     def ok(self) -> bool:
@@ -495,6 +499,12 @@ def _ptxas_v(ptx: str) -> str:
         return proc.stderr + proc.stdout
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (ptxas)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def _compile(task: dict) -> dict:
     """Compile one config for sm_90; the Row fields it fills."""
     _worker_setup()
@@ -505,14 +515,15 @@ def _compile(task: dict) -> dict:
         fn = launch.kernel.fn
         kwargs.update(_configs(launch)[task["config_index"]].all_kwargs())
     log = io.StringIO()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _cpu_seconds()
     with contextlib.redirect_stdout(log):
         compiled = fn.run(*launch.args, grid=(1, 1, 1), warmup=True, **kwargs)
+    wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
     stats = parse_ptxas_log(log.getvalue()) or parse_ptxas_log(_ptxas_v(compiled.asm["ptx"]))
     if stats is None:
         raise RuntimeError("ptxas -v printed no register count")
     return dict(status="ok", shared_bytes=int(compiled.metadata.shared),
-                compile_s=round(time.perf_counter() - start, 2), **stats)
+                compile_s=round(wall, 2), compile_cpu_s=round(cpu, 2), **stats)
 
 
 def _worker_main(conn, cache_dir: str) -> None:
@@ -579,12 +590,13 @@ class _Pool:
             if w["proc"].is_alive():
                 self._kill(w)
 
-    def run(self, jobs: list[tuple[str, object]], timeout: float, stop_at: Optional[float] = None,
+    def run(self, jobs: list[tuple[str, object]], timeout: float,
+            stop: Optional[Callable[[], Optional[str]]] = None,
             done: Optional[Callable[[int, bool, object], None]] = None) -> list[tuple[bool, object]]:
         """jobs: (kind, payload). Returns (ok, result or error text) per job, in order.
 
-        timeout: seconds per job. stop_at: a ``time.monotonic()`` after which no job starts;
-        those left get (False, "not started: ...").
+        timeout: wall seconds per job. stop(): a reason once no further job may start; the
+        jobs left get (False, "not started: <reason>").
         """
         results: list = [None] * len(jobs)
         pending = list(range(len(jobs)))[::-1]
@@ -595,9 +607,10 @@ class _Pool:
                 done(task, ok, value)
 
         while pending or any(w["task"] is not None for w in self._workers):
-            if pending and stop_at is not None and time.monotonic() > stop_at:
+            reason = stop() if (pending and stop) else None
+            if reason:
                 while pending:
-                    finish(pending.pop(), False, "not started: the sweep's time budget was spent")
+                    finish(pending.pop(), False, f"not started: {reason}")
             for w in self._workers:
                 if w["ready"] and w["task"] is None and pending:
                     i = pending.pop()
@@ -645,7 +658,8 @@ class _Pool:
 class SweepResult:
     rows: list  # of Row, in enumeration order (variant, launch, config)
     unlaunched: list  # labels of *_kernel functions the launch code never started
-    seconds: float
+    seconds: float  # wall time of the sweep
+    cpu_seconds: float = 0.0  # CPU time of the distinct compiles (worker + ptxas)
 
 
 def _variant_order(v: str) -> int:
@@ -657,7 +671,7 @@ def sweep(
     kernels: Optional[Callable[[str], bool]] = None,
     workers: Optional[int] = None,
     timeout: float = DEFAULT_TIMEOUT_S,
-    budget: Optional[float] = None,
+    cpu_budget: Optional[float] = None,
     progress: Optional[Callable[[str], None]] = None,
 ) -> SweepResult:
     """Compile the kernel configs for sm_90; one Row per (kernel, config, dtype).
@@ -665,8 +679,10 @@ def sweep(
     variants: VARIANTS keys (columns). kernels(label) selects kernels (default: all).
     Compiles that are the same in two variants (a kernel whose fp32 launch ignores the
     matmul precision, the fp32 row kernels of CAM) run once. workers: processes (default:
-    one per core). timeout: seconds per compile. budget: seconds after which no further
-    compile starts (rows left say so). progress: called with one line per compile.
+    one per core). timeout: wall seconds per compile (a hang guard). cpu_budget: CPU
+    seconds of finished compiles after which no further compile starts (rows left say
+    so): a bound on the work that, unlike wall time, does not move with the machine's load.
+    progress: called with one line per compile.
     """
     variants = list(variants)
     unknown = set(variants) - set(VARIANTS)
@@ -676,7 +692,6 @@ def sweep(
     say = progress or (lambda text: None)
     workers = max(1, workers or os.cpu_count() or 1)
     start = time.perf_counter()
-    stop_at = None if budget is None else time.monotonic() + budget
     cache_dir = tempfile.mkdtemp(prefix="danet-static-sm90-")
     pool = _Pool(workers, cache_dir)
     try:
@@ -691,10 +706,17 @@ def sweep(
         jobs = list(same.values())
         say(f"{len(rows)} kernel/config/dtype rows, {len(jobs)} distinct compiles, {workers} "
             f"workers (launches enumerated in {time.perf_counter() - start:.1f} s)")
-        finished = [0]
+        finished, cpu = [0], [0.0]
+
+        def stop() -> Optional[str]:
+            if cpu_budget is not None and cpu[0] > cpu_budget:
+                return f"the sweep's budget of {cpu_budget:.0f} CPU seconds was spent"
+            return None
 
         def done(j: int, ok: bool, value) -> None:
             finished[0] += 1
+            if ok:
+                cpu[0] += value.get("compile_cpu_s") or 0.0
             for i in jobs[j]:
                 if ok:
                     for k, v in value.items():
@@ -706,11 +728,11 @@ def sweep(
                 f"  ({'-' if r.compile_s is None else r.compile_s} s, "
                 f"elapsed {time.perf_counter() - start:.0f} s)")
 
-        pool.run([("compile", tasks[ids[0]]) for ids in jobs], timeout, stop_at, done)
+        pool.run([("compile", tasks[ids[0]]) for ids in jobs], timeout, stop, done)
     finally:
         pool.close()
         shutil.rmtree(cache_dir, ignore_errors=True)
-    return SweepResult(rows, value["unlaunched"], time.perf_counter() - start)
+    return SweepResult(rows, value["unlaunched"], time.perf_counter() - start, cpu[0])
 
 
 # ---------------------------------------------------------------- reports
@@ -753,7 +775,7 @@ def summary_lines(result: SweepResult) -> list[str]:
     lines = [f"{len(rows)} kernel/config/dtype rows: {sum(r.ok for r in rows)} compiled, "
              f"{len(p['spills'])} spill, {len(p['exceeds shared memory'])} exceed "
              f"{SMEM_LIMIT} bytes of shared memory, {len(p['did not compile'])} not compiled; "
-             f"{result.seconds:.0f} s"]
+             f"{result.seconds:.0f} s wall, {result.cpu_seconds:.0f} s CPU in compiles"]
     lines += [f"no clean config: {kernel} {dtype}" for kernel, dtype in kernels_without_clean_config(rows)]
     lines += [f"never launched at DANet's shapes: {label}" for label in result.unlaunched]
     return lines
@@ -833,11 +855,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"triton {env['triton']}, torch {env['torch']}, ptxas {env['ptxas']}, git {env['git']}", flush=True)
     variants = [d for d in args.dtypes.split(",") if d]
     wanted = [k for k in (args.kernels or "").split(",") if k]
+    load_start = os.getloadavg()[0]
     result = sweep(
         variants=variants,
         kernels=(lambda label: any(k in label for k in wanted)) if wanted else None,
         workers=args.workers, timeout=args.timeout, progress=lambda line: print(line, flush=True),
     )
+    env["machine load (1-min load average, start / end)"] = (
+        f"{load_start:.1f} / {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores, {args.workers} workers; "
+        "wall times grow with the load, CPU times hardly")
     for line in summary_lines(result):
         print(line)
     full = not wanted and set(variants) == set(VARIANTS)
