@@ -324,7 +324,8 @@ def _danet_launches(variant: str) -> list[_Launch]:
     """Every Triton launch of PAM and CAM forward+backward at DANet's shapes, in one variant.
 
     Meta tensors: shapes, strides and dtypes as in a real step, no memory. PAM backward
-    runs twice, the default (atomic dQ) and the deterministic path.
+    runs in each variant (split and fused), atomic-dQ and deterministic; fp32 runs once more
+    with exact FMA dots.
     """
     import torch
 
@@ -337,23 +338,33 @@ def _danet_launches(variant: str) -> list[_Launch]:
     def t(*shape, dt=dtype):
         return torch.empty(shape, device="meta", dtype=dt)
 
+    def step():
+        q, k, v, x = t(b, cqk, n), t(b, cqk, n), t(b, cv, n), t(b, cv, n)
+        gamma = t(dt=torch.float32)  # mmseg's Scale: an fp32 0-dim parameter
+        out, lse, o = backend.pam_forward(q, k, v, gamma, x, 1.0, True)
+        dout = t(b, cv, n)
+        for bwd in ("split", "fused"):  # every PAM backward variant (DANET_OPS_TRITON_PAM_BWD)
+            os.environ["DANET_OPS_TRITON_PAM_BWD"] = bwd
+            for deterministic in (False, True):
+                torch.use_deterministic_algorithms(deterministic)
+                backend.pam_backward(dout, q, k, v, gamma, o, lse, 1.0)
+        os.environ.pop("DANET_OPS_TRITON_PAM_BWD")
+        torch.use_deterministic_algorithms(False)
+        xc = t(b, c, n)
+        out, attn = backend.cam_forward(xc, gamma)
+        backend.cam_backward(t(b, c, n), xc, attn, gamma)
+
     def run():
         saved_precision = torch.get_float32_matmul_precision()
         saved_determinism = torch.are_deterministic_algorithms_enabled()
         torch.set_float32_matmul_precision(precision)
         try:
-            q, k, v, x = t(b, cqk, n), t(b, cqk, n), t(b, cv, n), t(b, cv, n)
-            gamma = t(dt=torch.float32)  # mmseg's Scale: an fp32 0-dim parameter
-            out, lse, o = backend.pam_forward(q, k, v, gamma, x, 1.0, True)
-            dout = t(b, cv, n)
-            for deterministic in (False, True):
-                torch.use_deterministic_algorithms(deterministic)
-                backend.pam_backward(dout, q, k, v, gamma, o, lse, 1.0)
-            torch.use_deterministic_algorithms(False)
-            xc = t(b, c, n)
-            out, attn = backend.cam_forward(xc, gamma)
-            backend.cam_backward(t(b, c, n), xc, attn, gamma)
+            step()
+            if dtype == torch.float32:  # and with exact FMA dots (DANET_OPS_TRITON_FP32=ieee)
+                os.environ["DANET_OPS_TRITON_FP32"] = "ieee"
+                step()
         finally:
+            os.environ.pop("DANET_OPS_TRITON_FP32", None)
             torch.set_float32_matmul_precision(saved_precision)
             torch.use_deterministic_algorithms(saved_determinism)
 

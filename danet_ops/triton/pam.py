@@ -59,12 +59,10 @@ _FWD_HALF = [
     _C(8, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_DV=128),
     _C(4, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_DV=64),
     _C(8, 2, BLOCK_M=128, BLOCK_N=128, BLOCK_DV=128),
-    _C(8, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_DV=512),  # the whole v width: S computed once
 ]
-_FWD_TF32X3 = [
-    _C(4, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_DV=64),
-    _C(8, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_DV=128),
-]
+# 3xTF32 dots hold each operand twice (high and low TF32 parts): every fp32 tile but the
+# small one spills in the forward (M64 N64 DV64: 8 B, DV128: 540 B on sm_90).
+_FWD_TF32X3 = [_SMALL]
 # Backward kernels that own a key block and loop over query blocks (dV, dK[+dQ]).
 _BWD_DV_HALF = [
     _C(4, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_DV=64),
@@ -77,7 +75,11 @@ _BWD_DK_HALF = [
     _C(4, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_DV=64),
     _C(8, 2, BLOCK_M=64, BLOCK_N=128, BLOCK_DV=64),
 ]
-_BWD_TF32X3 = [_C(4, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_DV=64)]
+_BWD_DV_TF32X3 = [_C(4, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_DV=64), _SMALL]
+# dK/dQ reduce dP over Cv in BLOCK_DV chunks: 32-wide chunks keep 3xTF32 (and the ordered
+# dQ kernel's exact FMA dots) out of spills, where the small tile spills 16-64 B on sm_90.
+_BWD_DK_TF32X3 = [_C(8, 1, BLOCK_M=32, BLOCK_N=32, BLOCK_DV=32)]
+_BWD_DQ_FP32 = [_C(4, 1, BLOCK_M=16, BLOCK_N=32, BLOCK_DV=32)]
 # The deterministic dQ kernel owns a query block and loops over key blocks.
 _BWD_DQ_HALF = [
     _C(4, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_DV=64),
@@ -88,23 +90,21 @@ _BWD_DQ_HALF = [
 _PRE = [_C(4, 2, BLOCK_M=128, BLOCK_DV=64), _C(4, 2, BLOCK_M=64, BLOCK_DV=128)]
 # The fused backward holds a [BLOCK_N, Cv] fp32 dV accumulator (Cv <= 512): 128 registers
 # a thread at BLOCK_N = 64 over 8 warps. BLOCK_DV is unused there (the whole v width).
-_BWD_FUSED_HALF = [
-    _C(8, 2, BLOCK_M=32, BLOCK_N=64, BLOCK_DV=64),
-    _C(8, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_DV=64),
-    _C(4, 2, BLOCK_M=32, BLOCK_N=32, BLOCK_DV=64),
-]
-_BWD_FUSED_TF32X3 = [_C(4, 2, BLOCK_M=32, BLOCK_N=32, BLOCK_DV=64)]
+# Compiled for sm_90 it spills in every tile (bf16: 40-84 B at M32 N64 w8, the least; fp32:
+# kilobytes), so it runs for fp16/bf16 only, opt-in, until a GPU run says whether it pays.
+_BWD_FUSED_HALF = [_C(8, 2, BLOCK_M=32, BLOCK_N=64, BLOCK_DV=64)]
 # The backward variants (DANET_OPS_TRITON_PAM_BWD, read at launch): "split" = dV kernel per
 # (key block, v block) + dK/dQ kernel (P recomputed per v block); "fused" = one kernel per
-# key block computing P and dS once for the whole v width (Cv <= FUSED_MAX_CV).
+# key block computing P and dS once for the whole v width (fp16/bf16, Cv <= FUSED_MAX_CV).
 BWD_VARIANT_ENV = "DANET_OPS_TRITON_PAM_BWD"
 FUSED_MAX_CV = 512
 
 
-def _tune(half: list, fp32: list, interpreter: dict = _INTERPRETER_BLOCKS, **kwargs):
-    """Autotuned over ``half`` or ``fp32`` (3xTF32 dots) plus the small tile, which is also
-    the only candidate for exact FMA fp32 dots and for q/k wider than 64 when pinned."""
-    return configs.autotune(half=half + [_SMALL], fp32=fp32 + [_SMALL], ieee=[_SMALL],
+def _tune(half: list, fp32: list, ieee: list = (_SMALL,), interpreter: dict = _INTERPRETER_BLOCKS,
+          small: bool = True, **kwargs):
+    """Autotuned over ``half`` (plus the small tile, pinned where q/k are wider than 64,
+    unless ``small`` is False), or over ``fp32`` (3xTF32 dots), or ``ieee`` (exact FMA)."""
+    return configs.autotune(half=half + [_SMALL] * small, fp32=list(fp32), ieee=list(ieee),
                             interpreter=interpreter, key=_KEY, dtype_arg="Q", **kwargs)
 
 
@@ -232,7 +232,7 @@ def _pam_bwd_preprocess_kernel(
     tl.store(Delta + b * N + offs_m, delta, mask=mask_m)
 
 
-@_tune(_BWD_DV_HALF, _BWD_TF32X3)
+@_tune(_BWD_DV_HALF, _BWD_DV_TF32X3)
 @triton.jit
 def _pam_bwd_dv_kernel(
     Q, K, Dout, Gamma, Lse, DV,
@@ -283,7 +283,7 @@ def _pam_bwd_dv_kernel(
              acc.to(DV.dtype.element_ty), mask=mask_n[:, None] & mask_c[None, :])
 
 
-@_tune(_BWD_DK_HALF, _BWD_TF32X3, reset_to_zero=["DQ"])
+@_tune(_BWD_DK_HALF, _BWD_DK_TF32X3, reset_to_zero=["DQ"])
 @triton.jit
 def _pam_bwd_dk_kernel(
     Q, K, V, Dout, Gamma, Lse, Delta, DK, DQ,
@@ -355,7 +355,7 @@ def _pam_bwd_dk_kernel(
              dk.to(DK.dtype.element_ty), mask=mask_n[:, None] & mask_d[None, :])
 
 
-@_tune(_BWD_FUSED_HALF, _BWD_FUSED_TF32X3, reset_to_zero=["DQ"])
+@_tune(_BWD_FUSED_HALF, [_SMALL], small=False, reset_to_zero=["DQ"])
 @triton.jit
 def _pam_bwd_fused_kernel(
     Q, K, V, Dout, Gamma, Lse, Delta, DK, DQ, DV,
@@ -429,7 +429,7 @@ def _pam_bwd_fused_kernel(
              (dv * gamma).to(DV.dtype.element_ty), mask=mask_n[:, None] & mask_c[None, :])
 
 
-@_tune(_BWD_DQ_HALF, _BWD_TF32X3)
+@_tune(_BWD_DQ_HALF, _BWD_DQ_FP32, ieee=_BWD_DQ_FP32)
 @triton.jit
 def _pam_bwd_dq_kernel(
     Q, K, V, Dout, Gamma, Lse, Delta, DQ,
@@ -536,13 +536,15 @@ def pam_forward(
     return out, lse, o
 
 
-def backward_variant(cv: int) -> str:
+def backward_variant(cv: int, dtype: torch.dtype = torch.float16) -> str:
     """``split`` (default: the measured one, benchmarks/results/nvidia-h200/) or ``fused``
-    (``DANET_OPS_TRITON_PAM_BWD=fused``; value widths up to FUSED_MAX_CV, else ``split``)."""
+    (``DANET_OPS_TRITON_PAM_BWD=fused``; fp16/bf16 with value widths up to FUSED_MAX_CV,
+    else ``split``)."""
     value = os.environ.get(BWD_VARIANT_ENV, "split").strip().lower()
     if value not in ("split", "fused"):
         raise ValueError(f"{BWD_VARIANT_ENV} must be 'split' or 'fused', got {value!r}")
-    return "fused" if value == "fused" and cv <= FUSED_MAX_CV else "split"
+    fits = cv <= FUSED_MAX_CV and dtype in (torch.float16, torch.bfloat16)
+    return "fused" if value == "fused" and fits else "split"
 
 
 def pam_backward(
@@ -587,7 +589,7 @@ def pam_backward(
     strides = (*q.stride(), *k.stride(), *v.stride(), *dout.stride())
     key_blocks = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), batch)  # noqa: E731
 
-    if backward_variant(cv) == "fused":
+    if backward_variant(cv, q.dtype) == "fused":
         _pam_bwd_fused_kernel[key_blocks](
             q, k, v, dout, gamma_arg, lse, delta, dk, dq_acc, dv, *strides,
             *sizes, float(scale) * LOG2E, float(scale),
