@@ -80,7 +80,7 @@ setup(
         "ninja",
         "triton; platform_system == 'Linux' and platform_machine == 'x86_64'",
     ],
-    extras_require={"test": ["pytest>=7"], "plots": ["matplotlib"]},
+    extras_require={"test": ["pytest>=7", "hypothesis>=6"], "plots": ["matplotlib"]},
     cmdclass={"build_py": BuildPyWithSources, **EXTRA_CMDCLASS},
     ext_modules=EXT_MODULES,
     zip_safe=False,
