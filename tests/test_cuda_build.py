@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -50,6 +51,18 @@ def test_compile_and_link_extension_for_sm90(built):
     assert list(root.rglob("*.so")), "no shared library was produced"
     # Must stay well inside CI's budget (measured about 3 minutes on 2 cores).
     assert elapsed < 8 * 60, f"the extension took {elapsed:.0f} s to build"
+
+
+def test_cached_build_reloads_without_compiling(built):
+    """The build left its completion record; asking again imports the library directly."""
+    module, _, root = built
+    library = Path(module.__file__)
+    assert build.cached_library(library.parent) == (library, None)
+    start = time.perf_counter()
+    again = build.build_extension(arch_list="9.0", build_root=root)
+    assert time.perf_counter() - start < 30  # no compiler ran
+    assert Path(again.__file__) == library
+    assert callable(again.pam_forward)
 
 
 def test_extension_rejects_cpu_tensors_with_a_clear_message(built):
