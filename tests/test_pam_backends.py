@@ -4,7 +4,7 @@ import torch
 
 import danet_ops
 from danet_ops import chunked
-from helpers import pam_inputs, rel_err, sum_err
+from helpers import cond_err, pam_inputs, pam_yardsticks, rel_err, sum_err
 
 SHAPES = [  # (batch, in_channels, H, W): Cqk = C // 8
     (1, 16, 13, 17),
@@ -77,9 +77,14 @@ def test_pam_half_large_magnitude_stays_finite():
     ref, ref_grads = _reference_and_grads(q, k, v, gamma, residual, dout)
     assert torch.isfinite(out).all()
     assert rel_err(out, ref) < 1e-2
-    for name, g, rg in zip("q k v gamma residual".split(), grads, ref_grads):
+    # The softmax is one-hot but for near ties: dq, dk are mostly cancellation, so their
+    # errors are measured against the summed terms (a plain relative error of dq varied
+    # from 1e-3 to 9e-2 with the random draw).
+    sticks = pam_yardsticks(q, k, v, gamma, residual, dout)
+    sticks = sticks[1:] + (dout.double().abs(),)
+    for name, g, rg, stick in zip("q k v gamma residual".split(), grads, ref_grads, sticks):
         assert torch.isfinite(g).all(), name
-        assert rel_err(g, rg) < 2e-2, name
+        assert cond_err(g, rg, stick) < 1e-2, name
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
