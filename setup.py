@@ -84,7 +84,7 @@ setup(
     ],
     extras_require={
         # The suite checks that the benchmarks draw their plots.
-        "test": ["pytest>=7", "matplotlib"],
+        "test": ["pytest>=7", "hypothesis>=6", "matplotlib"],
         # python -m benchmarks: the PNG plots (the tables need nothing beyond the package).
         "bench": ["matplotlib"],
         "plots": ["matplotlib"],  # the earlier name of "bench"

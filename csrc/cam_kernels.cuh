@@ -115,9 +115,18 @@ cam_softmax_kernel(float* e, int64_t rows, int cols) {
   const int lane = threadIdx.x % 32;
   if (row >= rows) return;  // whole warps leave together, so the shuffles below are full
   float* er = e + row * cols;
-  float mn = INFINITY;
-  for (int c = lane; c < cols; c += 32) mn = fminf(mn, er[c]);
-  for (int off = 16; off > 0; off >>= 1) mn = fminf(mn, __shfl_xor_sync(0xffffffffu, mn, off));
+  float mn = INFINITY, mx = -INFINITY;
+  for (int c = lane; c < cols; c += 32) {
+    mn = fminf(mn, er[c]);
+    mx = fmaxf(mx, er[c]);
+  }
+  for (int off = 16; off > 0; off >>= 1) {
+    mn = fminf(mn, __shfl_xor_sync(0xffffffffu, mn, off));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+  }
+  // (mx - mx) is 0, or NaN on a row holding +inf: eager's softmax(rowmax(E) - E) is NaN on
+  // such a row, where rowmin(E) - E alone would give +inf weight 0.
+  mn += mx - mx;
   float sum = 0.0f;
   for (int c = lane; c < cols; c += 32) sum += expf(mn - er[c]);
   for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);

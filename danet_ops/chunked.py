@@ -123,7 +123,11 @@ def pam_backward(
 
 def _cam_attention(xa: Tensor) -> Tensor:
     energy = torch.bmm(xa, xa.transpose(1, 2))  # [B, C, C]
-    attn = (energy.amin(dim=-1, keepdim=True) - energy).exp_()  # exp(rowmin(E) - E)
+    # exp(rowmin(E) - E). Adding (rowmax - rowmax), 0 or NaN, makes a row holding +inf all
+    # NaN, as eager's softmax(rowmax(E) - E) does (rowmin alone gives +inf weight 0).
+    row_max = energy.amax(dim=-1, keepdim=True)
+    shift = energy.amin(dim=-1, keepdim=True) + (row_max - row_max)
+    attn = (shift - energy).exp_()
     return attn.div_(attn.sum(dim=-1, keepdim=True))
 
 

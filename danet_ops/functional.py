@@ -112,6 +112,14 @@ def _check_matrix_memory(
         )
 
 
+def _autocast_dtype(t: Tensor) -> Optional[torch.dtype]:
+    """The dtype autocast would cast ``t`` to for a matmul now, or None (autocast off on t's
+    device type, or t float64, which autocast leaves alone)."""
+    if t.dtype == torch.float64 or not torch.is_autocast_enabled(t.device.type):
+        return None
+    return torch.get_autocast_dtype(t.device.type)
+
+
 def _flat(t: Tensor) -> Tensor:
     """``[B, C, H, W]`` -> ``[B, C, N]``: a view whenever the strides allow. Backends take
     any strides (the Triton kernels read them; the others copy only where they must)."""
@@ -144,6 +152,10 @@ def position_attention(
 
     dtypes float32, float16, bfloat16 (float64 on ``chunked``/``eager``); all inputs share
     one dtype and device. Returns a tensor of ``value``'s shape and dtype.
+
+    Under ``torch.autocast`` it behaves as the eager math does: q, k and v are cast to the
+    autocast dtype (float64 stays), the output is in that dtype, and a residual of another
+    dtype is added after, promoting (an fp32 residual gives an fp32 result, as mmseg's PAM).
     """
     query = _check_tensor("query", query)
     key = _check_tensor("key", key)
@@ -155,15 +167,25 @@ def position_attention(
             f"value must match query in batch and positions: query {tuple(query.shape)}, "
             f"value {tuple(value.shape)}"
         )
+    # Under autocast, as for the eager math (mmseg's): its matmuls take q, k and v in the
+    # autocast dtype, while `gamma * out + residual` adds the residual in its own dtype, so
+    # an fp32 residual (PAM's x) promotes the result to fp32.
+    cast = _autocast_dtype(query)
+    if cast is not None:
+        query, key, value = (t.to(cast) if t.dtype != torch.float64 else t for t in (query, key, value))
     _check_same("key", key, "query", query)
     _check_same("value", value, "query", query)
+    late_residual = None
     if residual is not None:
         residual = _check_tensor("residual", residual)
         if residual.shape != value.shape:
             raise ValueError(
                 f"residual must have value's shape {tuple(value.shape)}, got {tuple(residual.shape)}"
             )
-        _check_same("residual", residual, "value", value)
+        if cast is not None and residual.dtype != value.dtype and residual.device == value.device:
+            late_residual, residual = residual, None  # added after the op, promoting
+        else:
+            _check_same("residual", residual, "value", value)
     gamma = _check_gamma(gamma, query)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise TypeError(f"scale must be a finite float, got {scale!r}")
@@ -183,7 +205,8 @@ def position_attention(
     else:
         save_o = _needs_grad(q, k, v, gamma, res)
         out, _, _ = ops.pam_forward(q, k, v, gamma, res, float(scale), save_o, name)
-    return out.view(value.shape)
+    out = out.view(value.shape)
+    return out if late_residual is None else out + late_residual
 
 
 def channel_attention(x: Tensor, *, gamma: Optional[Union[Tensor, float]] = None, backend: str = "auto") -> Tensor:
@@ -197,9 +220,22 @@ def channel_attention(x: Tensor, *, gamma: Optional[Union[Tensor, float]] = None
 
     dtypes float32, float16, bfloat16 (float64 on ``chunked``/``eager``). Returns ``x``'s
     shape and dtype.
+
+    Under ``torch.autocast`` it behaves as the eager math does: the attention runs on x cast
+    to the autocast dtype and ``gamma · out + x`` adds the original x, so the result keeps
+    x's dtype (float32 stays float32, as mmseg's CAM); without gamma it is in the autocast dtype.
     """
     x = _check_tensor("x", x)
     gamma = _check_gamma(gamma, x)
+    # Under autocast, as for the eager math (mmseg's): its bmm's take x in the autocast
+    # dtype, and `gamma * out + x` then adds the original x, promoting the result to x's
+    # dtype. The op runs without its fused epilogue for that.
+    late_x = late_gamma = None
+    cast = _autocast_dtype(x)
+    if cast is not None and x.dtype != cast:
+        if gamma is not None:
+            late_x, late_gamma, gamma = x, gamma, None
+        x = x.to(cast)
     batch, channels = x.shape[0], x.shape[1]
     name = backends.resolve(backend, x.device, x.dtype, batch, channels, channels)
     # Every backend keeps the C x C softmax for backward, in float32 (float64 for float64).
@@ -213,4 +249,5 @@ def channel_attention(x: Tensor, *, gamma: Optional[Union[Tensor, float]] = None
         out = channel_attention_reference(flat, gamma)
     else:
         out, _ = ops.cam_forward(flat, gamma, name)
-    return out.view(x.shape)
+    out = out.view(x.shape)
+    return out if late_x is None else out * late_gamma + late_x

@@ -51,11 +51,6 @@ def _check_input(module: str, x: object, channels: int | None = None) -> None:
     )
 
 
-def _as_input_dtype(residual: Tensor, like: Tensor) -> Tensor:
-    # Under autocast the projections come out in half while x stays fp32.
-    return residual if residual.dtype == like.dtype else residual.to(like.dtype)
-
-
 class PAM(nn.Module):
     """Position attention: ``gamma · softmax(qᵀk) · v + x`` over all H·W positions.
 
@@ -77,12 +72,15 @@ class PAM(nn.Module):
         self.gamma = Scale(0.0)
 
     def forward(self, x: Tensor) -> Tensor:
-        """x ``[B, in_channels, H, W]`` -> same shape and dtype."""
+        """x ``[B, in_channels, H, W]`` -> same shape and dtype.
+
+        Under autocast the projections come out in half; the result has the dtype of
+        ``half + x``, as mmseg's ``gamma(out) + x`` (fp32 for an fp32 x).
+        """
         _check_input(f"PAM(in_channels={self.in_channels})", x, self.in_channels)
-        v = self.value_project(x)
         return position_attention(
-            self.query_project(x), self.key_project(x), v,
-            gamma=self.gamma.scale, residual=_as_input_dtype(x, v), backend=self.backend,
+            self.query_project(x), self.key_project(x), self.value_project(x),
+            gamma=self.gamma.scale, residual=x, backend=self.backend,
         )
 
     def extra_repr(self) -> str:
@@ -98,7 +96,10 @@ class CAM(nn.Module):
         self.gamma = Scale(0.0)
 
     def forward(self, x: Tensor) -> Tensor:
-        """x ``[B, C, H, W]`` -> same shape and dtype (``channel_attention`` takes ``[B, C, N]``)."""
+        """x ``[B, C, H, W]`` -> same shape and dtype (``channel_attention`` takes ``[B, C, N]``).
+
+        Under autocast the attention runs in half and ``gamma·out + x`` promotes back to x's
+        dtype, as in mmseg."""
         _check_input("CAM", x)
         return channel_attention(x, gamma=self.gamma.scale, backend=self.backend)
 

@@ -23,6 +23,13 @@ def _has_epilogue(gamma: Optional[Tensor], residual: Optional[Tensor]) -> bool:
     return gamma is not None or residual is not None
 
 
+def _no_autocast(t: Tensor):
+    """Backends compute in the dtypes they are handed. Autocast stays on inside a custom op's
+    body, and would otherwise run the chunked backend's fp32 accumulation matmuls in half
+    (the casts a caller wants under autocast happen in ``functional``, before the op)."""
+    return torch.autocast(t.device.type, enabled=False)
+
+
 # --- PAM ---------------------------------------------------------------------------------
 
 
@@ -31,7 +38,8 @@ def pam_forward(
     q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor], residual: Optional[Tensor],
     scale: float, save_o: bool, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    return backends.get(backend).pam_forward(q, k, v, gamma, residual, scale, save_o)
+    with _no_autocast(q):
+        return backends.get(backend).pam_forward(q, k, v, gamma, residual, scale, save_o)
 
 
 @pam_forward.register_fake
@@ -47,7 +55,8 @@ def pam_backward(
     dout: Tensor, q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor], o: Tensor,
     lse: Tensor, scale: float, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return backends.get(backend).pam_backward(dout, q, k, v, gamma, o, lse, scale)
+    with _no_autocast(q):
+        return backends.get(backend).pam_backward(dout, q, k, v, gamma, o, lse, scale)
 
 
 @pam_backward.register_fake
@@ -90,7 +99,8 @@ pam_forward.register_autograd(_pam_backward, setup_context=_pam_setup_context)
 
 @torch.library.custom_op("danet_ops::cam_forward", mutates_args=())
 def cam_forward(x: Tensor, gamma: Optional[Tensor], backend: str) -> tuple[Tensor, Tensor]:
-    return backends.get(backend).cam_forward(x, gamma)
+    with _no_autocast(x):
+        return backends.get(backend).cam_forward(x, gamma)
 
 
 @cam_forward.register_fake
@@ -103,7 +113,8 @@ def _(x, gamma, backend):
 def cam_backward(
     dout: Tensor, x: Tensor, attn: Tensor, gamma: Optional[Tensor], backend: str
 ) -> tuple[Tensor, Tensor]:
-    return backends.get(backend).cam_backward(dout, x, attn, gamma)
+    with _no_autocast(x):
+        return backends.get(backend).cam_backward(dout, x, attn, gamma)
 
 
 @cam_backward.register_fake

@@ -34,3 +34,13 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def emulated_kernels(tmp_path_factory):
+    """The CUDA kernels compiled for the CPU (tests/cuda_emulation.py), built once per session."""
+    import cuda_emulation
+
+    if cuda_emulation.gxx() is None:
+        pytest.skip("g++ not found: the CPU emulation of the kernels needs a C++20 compiler")
+    return cuda_emulation.build_library(tmp_path_factory.mktemp("emu"))

@@ -6,10 +6,9 @@ nvcc, which CI can do without a GPU when torch is a CUDA build and a toolkit is 
 """
 from __future__ import annotations
 
-import ctypes
-import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +17,7 @@ import danet_ops.cuda as cuda_backend
 from danet_ops import chunked
 from danet_ops.backends import BackendUnavailableError
 from danet_ops.cuda import build
+import cuda_emulation
 from helpers import rel_err
 
 EXPECTED_FUNCTIONS = ("pam_forward", "pam_backward", "cam_forward", "cam_backward")
@@ -51,6 +51,18 @@ def test_compile_and_link_extension_for_sm90(built):
     assert list(root.rglob("*.so")), "no shared library was produced"
     # Must stay well inside CI's budget (measured about 3 minutes on 2 cores).
     assert elapsed < 8 * 60, f"the extension took {elapsed:.0f} s to build"
+
+
+def test_cached_build_reloads_without_compiling(built):
+    """The build left its completion record; asking again imports the library directly."""
+    module, _, root = built
+    library = Path(module.__file__)
+    assert build.cached_library(library.parent) == (library, None)
+    start = time.perf_counter()
+    again = build.build_extension(arch_list="9.0", build_root=root)
+    assert time.perf_counter() - start < 30  # no compiler ran
+    assert Path(again.__file__) == library
+    assert callable(again.pam_forward)
 
 
 def test_extension_rejects_cpu_tensors_with_a_clear_message(built):
@@ -125,45 +137,27 @@ def test_sources_are_found():
 # ragged-edge masking and synchronisation are exercised here without a GPU. fp16/bf16 run
 # the tensor-core (WMMA) tile product, emulated by the shim (fp16/bf16 operands rounded
 # as on the GPU, fp32 accumulation), so their tiling and fragment layouts are checked too.
-# Speed and real-GPU memcheck need tests/test_cuda_gpu.py.
+# Speed and real-GPU memcheck need tests/test_cuda_gpu.py. The library is built once per
+# session (conftest's emulated_kernels; calls in tests/cuda_emulation.py).
 
-EMULATION = build.source_dir() / "emulation"
+EMULATION = cuda_emulation.EMULATION
 
 
 def _gxx():
-    gxx = shutil.which("g++")
+    gxx = cuda_emulation.gxx()
     if gxx is None:
         pytest.skip("g++ not found: the CPU emulation of the kernels needs a C++20 compiler")
     return gxx
-
-
-@pytest.fixture(scope="module")
-def emulated(tmp_path_factory):
-    gxx = _gxx()
-    lib = tmp_path_factory.mktemp("emu") / "emulate.so"
-    cmd = [gxx, "-std=c++20", "-O2", "-pthread", "-shared", "-fPIC", "-Wno-unknown-pragmas",
-           str(EMULATION / "emulate.cpp"), "-o", str(lib)]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return ctypes.CDLL(str(lib))
-
-
-def _ptr(t):
-    return ctypes.c_void_p(0 if t is None else t.data_ptr())
 
 
 def _d(t):
     return None if t is None else t.double()
 
 
-# dtype -> (entry-point suffix, tolerance against the float64 reference on the same
-# rounded inputs). Half tolerances cover fp16/bf16 operand rounding of P, dS, attention.
-EMU_DTYPES = {torch.float32: ("", 1e-5), torch.float16: ("_f16", 1e-2), torch.bfloat16: ("_bf16", 1e-2)}
+# dtype -> tolerance against the float64 reference on the same rounded inputs. Half
+# tolerances cover fp16/bf16 operand rounding of P, dS, attention.
+EMU_TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 HALF = [torch.float16, torch.bfloat16]
-
-
-def _emu(lib, name, dtype):
-    return getattr(lib, name + EMU_DTYPES[dtype][0])
 
 
 @pytest.mark.parametrize("dtype,shape,scale,with_gamma,with_residual", [
@@ -173,28 +167,20 @@ def _emu(lib, name, dtype):
     *[(dt, (1, 5, 70, 131), 1.0, True, True) for dt in HALF],   # WMMA path, ragged everywhere
     *[(dt, (1, 70, 20, 67), 0.7, False, False) for dt in HALF],
 ])
-def test_emulated_pam_kernels_match_chunked(emulated, dtype, shape, scale, with_gamma, with_residual):
+def test_emulated_pam_kernels_match_chunked(emulated_kernels, dtype, shape, scale, with_gamma, with_residual):
     b, cqk, cv, n = shape
-    tol = EMU_DTYPES[dtype][1]
+    tol = EMU_TOL[dtype]
     q, k, v, res, dout = (torch.randn(b, c, n).to(dtype) for c in (cqk, cqk, cv, cv, cv))
     gamma = torch.tensor(0.75) if with_gamma else None
     res = res if with_residual else None
-    out, o = torch.full_like(v, float("nan")), torch.full_like(v, float("nan"))
-    lse = torch.full((b, n), float("nan"))
-    i, f = ctypes.c_int, ctypes.c_float
-    _emu(emulated, "emu_pam_forward", dtype)(_ptr(q), _ptr(k), _ptr(v), _ptr(res), _ptr(gamma), _ptr(out), _ptr(o),
-                             _ptr(lse), i(b), i(cqk), i(cv), i(n), f(scale))
+    out, o, lse = cuda_emulation.pam_forward(emulated_kernels, q, k, v, gamma, res, scale)
     ref_out, ref_lse, ref_o = chunked.pam_forward(_d(q), _d(k), _d(v), _d(gamma), _d(res), scale, True)
     ref_o = ref_out if ref_o.numel() == 0 else ref_o
     assert rel_err(out, ref_out) <= tol
     assert rel_err(o, ref_o) <= tol
     assert rel_err(lse, ref_lse) <= tol
 
-    dq, dk, dv = (torch.full_like(t, float("nan")) for t in (q, k, v))
-    rowdot, delta, dgamma = torch.empty(b, n), torch.empty(b, n), torch.full((), float("nan"))
-    _emu(emulated, "emu_pam_backward", dtype)(_ptr(dout), _ptr(q), _ptr(k), _ptr(v), _ptr(gamma), _ptr(o), _ptr(lse),
-                              _ptr(dq), _ptr(dk), _ptr(dv), _ptr(rowdot), _ptr(delta), _ptr(dgamma),
-                              i(b), i(cqk), i(cv), i(n), f(scale))
+    dq, dk, dv, dgamma = cuda_emulation.pam_backward(emulated_kernels, dout, q, k, v, gamma, o, lse, scale)
     # The saved o is the kernel's (rounded to dtype on the half paths), as in autograd.
     refs = chunked.pam_backward(_d(dout), _d(q), _d(k), _d(v), _d(gamma), _d(o), ref_lse, scale)
     for name, got, ref in zip(("dq", "dk", "dv"), (dq, dk, dv), refs):
@@ -210,24 +196,18 @@ def test_emulated_pam_kernels_match_chunked(emulated, dtype, shape, scale, with_
     *[(dt, (1, 70, 131), True, 2) for dt in HALF],  # WMMA path, ragged, split-K
     *[(dt, (1, 24, 300), False, 1) for dt in HALF],
 ])
-def test_emulated_cam_kernels_match_chunked(emulated, dtype, shape, with_gamma, splits):
+def test_emulated_cam_kernels_match_chunked(emulated_kernels, dtype, shape, with_gamma, splits):
     b, c, n = shape
-    tol = EMU_DTYPES[dtype][1]
+    tol = EMU_TOL[dtype]
     x = (torch.randn(b, c, n) * (2.0 / n ** 0.5)).to(dtype)
     dout = torch.randn(b, c, n).to(dtype)
     gamma = torch.tensor(0.7) if with_gamma else None
-    out, attn = torch.full_like(x, float("nan")), torch.full((b, c, c), float("nan"))
-    ws = torch.empty(splits * b * c * c)
-    i = ctypes.c_int
-    _emu(emulated, "emu_cam_forward", dtype)(_ptr(x), _ptr(gamma), _ptr(out), _ptr(attn), _ptr(ws), i(b), i(c), i(n), i(splits))
+    out, attn = cuda_emulation.cam_forward(emulated_kernels, x, gamma, splits)
     ref_out, ref_attn = chunked.cam_forward(_d(x), _d(gamma))
     assert rel_err(out, ref_out) <= tol
     assert rel_err(attn, ref_attn) <= tol
 
-    dx, de = torch.full_like(x, float("nan")), torch.empty(b, c, c)
-    rowpart, dgamma = torch.empty(b * c), torch.full((), float("nan"))
-    _emu(emulated, "emu_cam_backward", dtype)(_ptr(dout), _ptr(x), _ptr(attn), _ptr(gamma), _ptr(dx), _ptr(de),
-                              _ptr(rowpart), _ptr(dgamma), _ptr(ws), i(b), i(c), i(n), i(splits))
+    dx, dgamma = cuda_emulation.cam_backward(emulated_kernels, dout, x, attn, gamma, splits)
     ref_dx, ref_dgamma = chunked.cam_backward(_d(dout), _d(x), ref_attn, _d(gamma))
     assert rel_err(dx, ref_dx) <= tol
     if gamma is not None:

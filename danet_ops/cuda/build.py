@@ -8,18 +8,30 @@ instead when it imports.
 
 Cache location: ``$DANET_OPS_CACHE``, else ``$XDG_CACHE_HOME/danet_ops``, else
 ``~/.cache/danet_ops``; one subdirectory per hash.
+
+Several processes may ask at once (DDP ranks starting together): one builds while the
+others wait on a file lock (``<hash>.lock`` beside the build directory), then they load
+what it built. A build is trusted only once its record (``danet_ops_build.json``: the
+library's name, size and SHA-256) has been written after it; a build directory without one
+(an interrupted build), with a library that differs from the record (truncated, modified)
+or that fails to import is rebuilt from scratch, with a logged warning.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import importlib.util
+import json
 import logging
 import os
 import re
 import shutil
 import site
+import socket
 import subprocess
 import sysconfig
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Optional
@@ -27,6 +39,11 @@ from typing import Optional
 import torch
 
 from danet_ops.backends import BackendUnavailableError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; concurrent first builds are not serialised there
+    fcntl = None
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +54,11 @@ DEFAULT_ARCH_LIST = "8.0;9.0"
 # and no flush-to-zero. -lineinfo lets compute-sanitizer and profilers map to source lines.
 NVCC_FLAGS = ("-O3", "-lineinfo")
 CXX_FLAGS = ("-O3",)
+# Written into the build directory last, once the library built and imported.
+RECORD = "danet_ops_build.json"
+# How long a process waits for another one's build before giving up (seconds); a build
+# takes a few minutes at most. $DANET_OPS_BUILD_LOCK_TIMEOUT overrides it.
+LOCK_TIMEOUT_S = 1800.0
 
 
 def source_dir() -> Path:
@@ -198,6 +220,128 @@ def _import_cpp_extension(cuda_home: str) -> ModuleType:
     return cpp_extension
 
 
+def _lock_timeout() -> float:
+    return float(os.environ.get("DANET_OPS_BUILD_LOCK_TIMEOUT", LOCK_TIMEOUT_S))
+
+
+@contextlib.contextmanager
+def build_lock(path: Path, timeout: Optional[float] = None):
+    """Hold an exclusive lock on ``path`` (flock) for the block: one process builds, the
+    others wait here. The kernel drops a flock when its holder exits, however it dies, so a
+    killed build leaves no stale lock (the file itself stays, and means nothing).
+    Raises BackendUnavailableError after ``timeout`` seconds of waiting (default
+    $DANET_OPS_BUILD_LOCK_TIMEOUT, else LOCK_TIMEOUT_S): a hung holder is reported, not waited on forever.
+    """
+    if fcntl is None:
+        yield
+        return
+    timeout = _lock_timeout() if timeout is None else timeout
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        deadline, waiting = time.monotonic() + timeout, False
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "unknown"
+                if time.monotonic() > deadline:
+                    raise BackendUnavailableError(
+                        f"gave up after {timeout:.0f} s waiting for another process (pid, host: "
+                        f"{holder}) to finish building the danet_ops CUDA extension (lock {path}); "
+                        f"if that process hangs, end it and retry"
+                    ) from None
+                if not waiting:
+                    logger.info("waiting for another process (pid, host: %s) building the danet_ops "
+                                "CUDA extension (lock %s)", holder, path)
+                    waiting = True
+                time.sleep(0.1)
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"{os.getpid()} {socket.gethostname()}\n")  # who holds it, for waiters' messages
+            f.flush()
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_record(build_dir: Path, library: Path) -> None:
+    record = {"library": library.name, "size": library.stat().st_size, "sha256": _sha256(library)}
+    tmp = build_dir / (RECORD + ".tmp")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, build_dir / RECORD)  # atomic: a record is whole or absent
+
+
+def cached_library(build_dir: Path) -> tuple[Optional[Path], Optional[str]]:
+    """(library, None) for a complete build whose library matches its record; (None, None)
+    for no build at all; (None, what is wrong) for a damaged one."""
+    if not build_dir.is_dir() or not any(build_dir.iterdir()):
+        return None, None
+    try:
+        record = json.loads((build_dir / RECORD).read_text())
+        library = build_dir / record["library"]
+        size, sha = int(record["size"]), str(record["sha256"])
+    except FileNotFoundError:
+        return None, "it has no completion record (an interrupted build, or one by an older danet_ops)"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return None, f"its completion record is unreadable ({exc})"
+    if not library.is_file():
+        return None, f"its library {library.name} is missing"
+    if library.stat().st_size != size:
+        return None, f"its library {library.name} has {library.stat().st_size} bytes, not the {size} built (truncated?)"
+    if _sha256(library) != sha:
+        return None, f"its library {library.name} differs from the one built (SHA-256 mismatch)"
+    return library, None
+
+
+def _import_library(path: Path, name: str) -> ModuleType:
+    """Import the built extension module from its file (no compiler, no ninja)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{path} is not an importable extension module")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _compile(build_dir: Path, name: str, src: Path, archs: list[str], cuda_home: str,
+             verbose: bool) -> ModuleType:
+    """Compile csrc/ into ``build_dir`` (cpp_extension + ninja) and import the result."""
+    cpp_extension = _import_cpp_extension(cuda_home)
+    # cpp_extension resolves CUDA_HOME once, at import, and may have guessed another
+    # toolkit (or none); point it at the one found here for this build only.
+    previous_home = cpp_extension.CUDA_HOME
+    cpp_extension.CUDA_HOME = cuda_home
+    include_dirs = []
+    if not (Path(cuda_home) / "include" / "cublas_v2.h").is_file():
+        include_dirs = nvidia_include_dirs()
+    try:
+        # Explicit -gencode flags: cpp_extension then adds no arch flags of its own, so it
+        # never needs a GPU (or TORCH_CUDA_ARCH_LIST) to pick one.
+        return cpp_extension.load(
+            name=name,
+            sources=[str(src / source) for source in SOURCES],
+            extra_cflags=list(CXX_FLAGS),
+            extra_cuda_cflags=list(NVCC_FLAGS) + _gencode_flags(archs),
+            extra_include_paths=[str(src)] + include_dirs,
+            build_directory=str(build_dir),
+            with_cuda=True,
+            verbose=verbose,
+        )
+    finally:
+        cpp_extension.CUDA_HOME = previous_home
+
+
 def build_extension(arch_list: Optional[str] = None, verbose: bool = False,
                     build_root: Optional[os.PathLike] = None) -> ModuleType:
     """Compile (or reuse the cached build of) the extension and return the loaded module.
@@ -208,8 +352,12 @@ def build_extension(arch_list: Optional[str] = None, verbose: bool = False,
         verbose: show the compiler's commands and output.
         build_root: where the per-hash build directories go (default: ``cache_root()``).
 
+    Safe to call from several processes at once (one builds, the others wait and load);
+    a damaged cached build is rebuilt with a logged warning.
+
     Raises:
-        BackendUnavailableError: no CUDA build of torch, no nvcc, or the build failed.
+        BackendUnavailableError: no CUDA build of torch, no nvcc, the build failed, or
+            another process's build did not finish in time.
     """
     problem = toolchain_problem()
     if problem is not None:
@@ -218,39 +366,35 @@ def build_extension(arch_list: Optional[str] = None, verbose: bool = False,
     archs = _parse_arch_list(arch_list or default_arch_list())
     src = source_dir()
     digest = _build_hash(src, archs, cuda_home)
-    build_dir = Path(build_root or cache_root()) / digest
-    build_dir.mkdir(parents=True, exist_ok=True)
+    root = Path(build_root or cache_root())
+    build_dir = root / digest
+    name = f"danet_ops_cuda_{digest}"
 
-    cpp_extension = _import_cpp_extension(cuda_home)
-    # cpp_extension resolves CUDA_HOME once, at import, and may have guessed another
-    # toolkit (or none); point it at the one found here for this build only.
-    previous_home = cpp_extension.CUDA_HOME
-    cpp_extension.CUDA_HOME = cuda_home
-    include_dirs = []
-    if not (Path(cuda_home) / "include" / "cublas_v2.h").is_file():
-        include_dirs = nvidia_include_dirs()
-    logger.info("building the danet_ops CUDA extension (first use, about a minute)... "
-                "[arch %s, cache %s]", ";".join(archs), build_dir)
-    try:
-        # Explicit -gencode flags: cpp_extension then adds no arch flags of its own, so it
-        # never needs a GPU (or TORCH_CUDA_ARCH_LIST) to pick one.
-        return cpp_extension.load(
-            name=f"danet_ops_cuda_{digest}",
-            sources=[str(src / name) for name in SOURCES],
-            extra_cflags=list(CXX_FLAGS),
-            extra_cuda_cflags=list(NVCC_FLAGS) + _gencode_flags(archs),
-            extra_include_paths=[str(src)] + include_dirs,
-            build_directory=str(build_dir),
-            with_cuda=True,
-            verbose=verbose,
-        )
-    except (RuntimeError, OSError, ImportError, SystemExit) as exc:
-        raise BackendUnavailableError(
-            f"building the danet_ops CUDA extension failed in {build_dir}: {exc} "
-            f"(rerun danet_ops.cuda.build.build_extension(verbose=True) for the compiler output)"
-        ) from exc
-    finally:
-        cpp_extension.CUDA_HOME = previous_home
+    with build_lock(root / f"{digest}.lock"):
+        library, damage = cached_library(build_dir)
+        if library is not None:
+            try:
+                return _import_library(library, name)
+            except (ImportError, OSError) as exc:
+                damage = f"its library {library.name} does not import ({exc})"
+        if damage is not None:
+            logger.warning("the cached danet_ops CUDA extension in %s is damaged: %s; rebuilding it",
+                           build_dir, damage)
+            # Everything goes, torch's own 'lock' file included: a stale one (left by a
+            # killed build) would make cpp_extension wait for it forever.
+            shutil.rmtree(build_dir, ignore_errors=True)
+        build_dir.mkdir(parents=True, exist_ok=True)
+        logger.info("building the danet_ops CUDA extension (first use, about a minute)... "
+                    "[arch %s, cache %s]", ";".join(archs), build_dir)
+        try:
+            module = _compile(build_dir, name, src, archs, cuda_home, verbose)
+        except (RuntimeError, OSError, ImportError, SystemExit) as exc:
+            raise BackendUnavailableError(
+                f"building the danet_ops CUDA extension failed in {build_dir}: {exc} "
+                f"(rerun danet_ops.cuda.build.build_extension(verbose=True) for the compiler output)"
+            ) from exc
+        _write_record(build_dir, Path(module.__file__))
+        return module
 
 
 @functools.lru_cache(maxsize=None)

@@ -136,8 +136,12 @@ def _softmax_kernel(part_ptr, attn_ptr, C, S, BLOCK_R: tl.constexpr, BLOCK_C: tl
 
     e = _sum_splits(part_ptr, pid_b, n_batch, offs, mask, C, S, BLOCK_R, BLOCK_C)
     # Padding columns get +inf so that they neither set the row minimum nor add to Σ.
-    e = tl.where(cols[None, :] < C, e, float("inf"))
-    p = tl.exp(tl.min(e, axis=1)[:, None] - e)
+    valid = cols[None, :] < C
+    e = tl.where(valid, e, float("inf"))
+    # (rowmax - rowmax) is 0, or NaN on a row holding +inf: eager's softmax(rowmax(E) - E)
+    # is NaN on such a row, where rowmin(E) - E alone would give +inf weight 0.
+    row_max = tl.max(tl.where(valid, e, -float("inf")), axis=1)
+    p = tl.exp((tl.min(e, axis=1) + (row_max - row_max))[:, None] - e)
     p = p / tl.sum(p, axis=1)[:, None]
     tl.store(attn_ptr + pid_b.to(tl.int64) * C * C + offs, p, mask=mask)
 

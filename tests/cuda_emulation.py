@@ -1,0 +1,99 @@
+"""The CUDA kernels on the CPU: build csrc/emulation/emulate.cpp and call its entry points.
+
+csrc/emulation/ compiles the real kernel code as C++ with a thin CUDA shim (a thread per
+CUDA thread, barriers for __syncthreads and shuffles), launched with the host wrappers'
+grids. The entry points take dense ``[B, C, N]`` buffers, as the ``cuda`` backend's Python
+side hands the extension (it makes every input contiguous). Used by tests/test_cuda_build.py
+and tests/test_property_equivalence.py.
+"""
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from danet_ops.cuda import build
+
+EMULATION = build.source_dir() / "emulation"
+# dtype -> suffix of the entry points (emu_pam_forward, emu_pam_forward_f16, ...).
+SUFFIX = {torch.float32: "", torch.float16: "_f16", torch.bfloat16: "_bf16"}
+
+
+def gxx() -> Optional[str]:
+    return shutil.which("g++")
+
+
+def build_library(directory: Path) -> ctypes.CDLL:
+    """Compile the emulation into ``directory`` and load it (g++ must exist)."""
+    lib = Path(directory) / "emulate.so"
+    cmd = [gxx(), "-std=c++20", "-O2", "-pthread", "-shared", "-fPIC", "-Wno-unknown-pragmas",
+           str(EMULATION / "emulate.cpp"), "-o", str(lib)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return ctypes.CDLL(str(lib))
+
+
+def _ptr(t: Optional[Tensor]):
+    return ctypes.c_void_p(0 if t is None else t.data_ptr())
+
+
+def _entry(lib, name: str, dtype: torch.dtype):
+    return getattr(lib, name + SUFFIX[dtype])
+
+
+def pam_forward(lib, q, k, v, gamma, residual, scale):
+    """-> (out, o, lse) from NaN-poisoned buffers; o the raw attention output (always written).
+
+    q, k ``[B, Cqk, N]``, v and residual ``[B, Cv, N]`` contiguous, one dtype; gamma a 0-dim
+    float32 tensor or None."""
+    b, cqk, n = q.shape
+    cv = v.shape[1]
+    out, o = torch.full_like(v, float("nan")), torch.full_like(v, float("nan"))
+    lse = torch.full((b, n), float("nan"))
+    i = ctypes.c_int
+    _entry(lib, "emu_pam_forward", q.dtype)(
+        _ptr(q), _ptr(k), _ptr(v), _ptr(residual), _ptr(gamma), _ptr(out), _ptr(o), _ptr(lse),
+        i(b), i(cqk), i(cv), i(n), ctypes.c_float(scale))
+    return out, o, lse
+
+
+def pam_backward(lib, dout, q, k, v, gamma, o, lse, scale):
+    """-> (dq, dk, dv, dgamma); o and lse as ``pam_forward`` returned them."""
+    b, cqk, n = q.shape
+    cv = v.shape[1]
+    dq, dk, dv = (torch.full_like(t, float("nan")) for t in (q, k, v))
+    rowdot, delta, dgamma = torch.empty(b, n), torch.empty(b, n), torch.full((), float("nan"))
+    i = ctypes.c_int
+    _entry(lib, "emu_pam_backward", q.dtype)(
+        _ptr(dout), _ptr(q), _ptr(k), _ptr(v), _ptr(gamma), _ptr(o), _ptr(lse), _ptr(dq), _ptr(dk),
+        _ptr(dv), _ptr(rowdot), _ptr(delta), _ptr(dgamma), i(b), i(cqk), i(cv), i(n), ctypes.c_float(scale))
+    return dq, dk, dv, dgamma
+
+
+def cam_forward(lib, x, gamma, splits):
+    """-> (out, attn fp32 ``[B, C, C]``); ``splits`` > 1 splits the Gram's reduction over N."""
+    b, c, n = x.shape
+    out, attn = torch.full_like(x, float("nan")), torch.full((b, c, c), float("nan"))
+    ws = torch.empty(splits * b * c * c)
+    i = ctypes.c_int
+    _entry(lib, "emu_cam_forward", x.dtype)(
+        _ptr(x), _ptr(gamma), _ptr(out), _ptr(attn), _ptr(ws), i(b), i(c), i(n), i(splits))
+    return out, attn
+
+
+def cam_backward(lib, dout, x, attn, gamma, splits):
+    """-> (dx, dgamma)."""
+    b, c, n = x.shape
+    dx, de = torch.full_like(x, float("nan")), torch.empty(b, c, c)
+    rowpart, dgamma = torch.empty(b * c), torch.full((), float("nan"))
+    ws = torch.empty(splits * b * c * c)
+    i = ctypes.c_int
+    _entry(lib, "emu_cam_backward", x.dtype)(
+        _ptr(dout), _ptr(x), _ptr(attn), _ptr(gamma), _ptr(dx), _ptr(de), _ptr(rowpart),
+        _ptr(dgamma), _ptr(ws), i(b), i(c), i(n), i(splits))
+    return dx, dgamma
