@@ -307,3 +307,24 @@ def test_cuda_graph_capture_and_replay(dtype):
     tol = 1e-5 if dtype == torch.float32 else 1e-3  # dQ is summed atomically
     for name, a, b in zip(NAMES, graph_grads, grads):
         assert rel_err(a, b) <= tol, name
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs (tensors on cuda:1, cuda:0 current)")
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_runs_on_the_tensors_device(backend):
+    """Triton launches on the current device unless told otherwise: tensors on cuda:1 while
+    cuda:0 is current must still be computed on cuda:1 (PAM and CAM, forward and backward)."""
+    if danet_ops.backends.unavailable_reason(backend, torch.device("cuda")) is not None:
+        pytest.skip(f"{backend} backend unavailable")
+    with torch.cuda.device(0):
+        q, k, v, gamma, residual = pam_inputs(2, 64, 128, 257, device="cuda:1")
+        dout = torch.randn(2, 128, 257, device="cuda:1")
+        out, grads = _pam(backend, q, k, v, gamma, residual, dout)
+        ref_out, ref_grads = _reference(q, k, v, gamma, residual, dout)
+        x = torch.randn(2, 96, 257, device="cuda:1", requires_grad=True)
+        cam = danet_ops.channel_attention(x, gamma=0.5, backend=backend)
+        (dx,) = torch.autograd.grad(cam, x, torch.ones_like(cam))
+    assert out.device == torch.device("cuda:1") and dx.device == torch.device("cuda:1")
+    _check(out, grads, ref_out, ref_grads, 1e-5)
+    ref_cam = danet_ops.channel_attention(x.double(), gamma=0.5, backend="eager")
+    assert rel_err(cam, ref_cam) <= 1e-5
