@@ -575,6 +575,7 @@ class _Pool:
     def __init__(self, workers: int, cache_dir: str):
         self._ctx = multiprocessing.get_context("spawn")
         self._cache_dir = cache_dir
+        self._start_failures = 0
         self._workers = [self._start() for _ in range(max(1, workers))]
 
     def _start(self):
@@ -636,8 +637,12 @@ class _Pool:
                 if not w["ready"] and w["conn"] in ready:
                     try:
                         w["ready"] = w["conn"].recv() == "ready"
-                    except (EOFError, OSError):  # died while starting: start another
+                    except (EOFError, OSError):  # died while starting: start another, a few times
                         self._kill(w)
+                        self._start_failures += 1
+                        if self._start_failures > 3:
+                            raise RuntimeError(f"worker processes die while starting "
+                                               f"(exit code {w['proc'].exitcode})") from None
                         self._workers[idx] = self._start()
                     continue
                 task = w["task"]

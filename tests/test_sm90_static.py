@@ -59,11 +59,16 @@ UNAVAILABLE = static.unavailable_reason()
 
 
 @pytest.fixture(scope="module")
-def sweep() -> static.SweepResult:
+def sweep(request) -> static.SweepResult:
     if UNAVAILABLE:
         pytest.skip(f"cannot compile for sm_90 here: {UNAVAILABLE}")
     result = static.sweep(timeout=COMPILE_TIMEOUT_S, cpu_budget=CPU_BUDGET_S, progress=print)
-    print("\n".join(static.summary_lines(result)))
+    # The sweep's size and cost in the CI log, pass or fail (past pytest's output capture).
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line("\nsm_90 static check: " + static.summary_lines(result)[0])
     return result
 
 

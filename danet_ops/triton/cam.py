@@ -322,7 +322,7 @@ def _tuned(name: str, device_index: int):
             if name == "dx":  # fp32 dx spills on sm_90 in every tile but 64x64 (3xTF32 and FMA)
                 fp32 = half[:1]
     return configs.autotune(half=half, fp32=fp32, interpreter=interpreter,
-                            key=["C", "N_BUCKET", "PRECISION"], dtype_arg=_DTYPE_ARG[name])(kernel)
+                            key=["C", "N_BUCKET", "PRECISION", "SYMMETRIC"], dtype_arg=_DTYPE_ARG[name])(kernel)
 
 
 @functools.cache

@@ -51,7 +51,8 @@ _C = configs.config
 # Under the interpreter: small v tiles, so tests with Cv = 96 cover more than one v block.
 _INTERPRETER_BLOCKS = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_DV": 64}
 _SMALL = _C(4, 1, BLOCK_M=32, BLOCK_N=32, BLOCK_DV=64)
-_KEY = ["CQK", "CV", "N_BUCKET", "QK_PRECISION", "MM_PRECISION"]
+# ATOMIC_DQ: the dK kernel's atomic and ordered launches differ in registers.
+_KEY = ["CQK", "CV", "N_BUCKET", "QK_PRECISION", "MM_PRECISION", "ATOMIC_DQ"]
 
 _FWD_HALF = [
     _C(4, 3, BLOCK_M=64, BLOCK_N=64, BLOCK_DV=128),
