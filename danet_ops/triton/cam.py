@@ -297,6 +297,9 @@ def _matmul_configs(major: int, name: str) -> list[triton.Config]:
     return [configs.config(warps, stages, BLOCK_M=m, BLOCK_N=n, BLOCK_K=k) for m, n, k, warps in tiles]
 
 
+# Autotune keys name the kernel's own arguments only (triton 3.9 checks); the Gram's
+# symmetric (forward) and general (backward) launches differ in registers: tuned apart.
+_KEY = ["C", "N_BUCKET", "PRECISION"]
 # The argument whose dtype (the input's) picks a kernel's candidate list.
 _DTYPE_ARG = {"gram": "a_ptr", "attn_x": "x_ptr", "dx": "x_ptr"}
 
@@ -322,7 +325,8 @@ def _tuned(name: str, device_index: int):
             if name == "dx":  # fp32 dx spills on sm_90 in every tile but 64x64 (3xTF32 and FMA)
                 fp32 = half[:1]
     return configs.autotune(half=half, fp32=fp32, interpreter=interpreter,
-                            key=["C", "N_BUCKET", "PRECISION", "SYMMETRIC"], dtype_arg=_DTYPE_ARG[name])(kernel)
+                            key=_KEY + (["SYMMETRIC"] if name == "gram" else []),
+                            dtype_arg=_DTYPE_ARG[name])(kernel)
 
 
 @functools.cache

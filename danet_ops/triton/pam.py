@@ -51,8 +51,10 @@ _C = configs.config
 # Under the interpreter: small v tiles, so tests with Cv = 96 cover more than one v block.
 _INTERPRETER_BLOCKS = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_DV": 64}
 _SMALL = _C(4, 1, BLOCK_M=32, BLOCK_N=32, BLOCK_DV=64)
-# ATOMIC_DQ: the dK kernel's atomic and ordered launches differ in registers.
-_KEY = ["CQK", "CV", "N_BUCKET", "QK_PRECISION", "MM_PRECISION", "ATOMIC_DQ"]
+_KEY = ["CQK", "CV", "N_BUCKET", "QK_PRECISION", "MM_PRECISION"]
+# The dK kernels' atomic and ordered launches differ in registers: tuned apart. (A key may
+# name only the kernel's own arguments: triton 3.9 checks.)
+_KEY_DQ = _KEY + ["ATOMIC_DQ"]
 
 _FWD_HALF = [
     _C(4, 3, BLOCK_M=64, BLOCK_N=64, BLOCK_DV=128),
@@ -104,11 +106,11 @@ FUSED_MAX_CV = 512
 
 
 def _tune(half: list, fp32: list, ieee: list = (_SMALL,), interpreter: dict = _INTERPRETER_BLOCKS,
-          small: bool = True, **kwargs):
+          small: bool = True, key: list = _KEY, **kwargs):
     """Autotuned over ``half`` (plus the small tile, pinned where q/k are wider than 64,
     unless ``small`` is False), or over ``fp32`` (3xTF32 dots), or ``ieee`` (exact FMA)."""
     return configs.autotune(half=half + [_SMALL] * small, fp32=list(fp32), ieee=list(ieee),
-                            interpreter=interpreter, key=_KEY, dtype_arg="Q", **kwargs)
+                            interpreter=interpreter, key=key, dtype_arg="Q", **kwargs)
 
 
 # --- forward -----------------------------------------------------------------------------
@@ -286,7 +288,7 @@ def _pam_bwd_dv_kernel(
              acc.to(DV.dtype.element_ty), mask=mask_n[:, None] & mask_c[None, :])
 
 
-@_tune(_BWD_DK_HALF, _BWD_DK_TF32X3, ieee=_BWD_DK_IEEE, reset_to_zero=["DQ"])
+@_tune(_BWD_DK_HALF, _BWD_DK_TF32X3, ieee=_BWD_DK_IEEE, key=_KEY_DQ, reset_to_zero=["DQ"])
 @triton.jit
 def _pam_bwd_dk_kernel(
     Q, K, V, Dout, Gamma, Lse, Delta, DK, DQ,
@@ -358,7 +360,7 @@ def _pam_bwd_dk_kernel(
              dk.to(DK.dtype.element_ty), mask=mask_n[:, None] & mask_d[None, :])
 
 
-@_tune(_BWD_FUSED_HALF, [_SMALL], small=False, reset_to_zero=["DQ"])
+@_tune(_BWD_FUSED_HALF, [_SMALL], small=False, key=_KEY_DQ, reset_to_zero=["DQ"])
 @triton.jit
 def _pam_bwd_fused_kernel(
     Q, K, V, Dout, Gamma, Lse, Delta, DK, DQ, DV,
