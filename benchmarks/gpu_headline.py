@@ -27,6 +27,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -56,24 +57,6 @@ def _variant(cfg: dict) -> tuple[str, dict]:
     """(the backend to call, the environment of the row's variant)."""
     backend, _, variant = cfg["backend"].partition("[")
     return backend, VARIANTS[variant.rstrip("]")] if variant else {}
-
-
-class _environment:
-    """Sets environment variables for the duration of a ``with`` block."""
-
-    def __init__(self, values: dict):
-        self.values, self.saved = values, {}
-
-    def __enter__(self):
-        self.saved = {k: os.environ.get(k) for k in self.values}
-        os.environ.update(self.values)
-
-    def __exit__(self, *exc):
-        for k, v in self.saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def with_variants(rows: list[dict]) -> list[dict]:
@@ -179,7 +162,7 @@ def measure_row(cfg: dict, device: torch.device) -> dict:
     start = time.perf_counter()
     backend, env = _variant(cfg)
     call = dict(cfg, backend=backend)
-    with _environment(env):
+    with mock.patch.dict(os.environ, env):
         result = common.run_one(_setup(call), call, device)
         row = dict(cfg, **result)
         if row["status"] == "ok" and backend in FUSED:
@@ -306,7 +289,7 @@ def prewarm(kind: str, device: torch.device, dry_run: bool, variants: bool = Fal
             continue
         try:
             call = dict(cfg, backend=name)
-            with _environment(env):
+            with mock.patch.dict(os.environ, env):
                 fn, _ = _setup(call)(call, device)
                 fn()
             done += 1
