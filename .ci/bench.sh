@@ -1,25 +1,19 @@
 #!/usr/bin/env bash
-# CI, called by .ci/run after the test suite: the README's main-job command line in a fresh
-# virtual environment, at reduced sizes (--quick), into a temporary folder; then a check
-# that every promised file appeared (per op Markdown, CSV, speedup and memory PNG; the
-# model benchmark's Markdown and CSV) and that no partial set was left behind.
-# Measured on the shared 2-core VM (2026-11-28, load average 70-150 from other jobs, wheels
-# from a local mirror): 629 s and 329 s (install about 160-310 s, the --quick benchmarks
-# 168-315 s, 22 configs each in a fresh process); unloaded it should be a few minutes.
+# CI, called by .ci/run beside the test suite: the README's main job, python -m benchmarks,
+# in the venv .ci/run built and ran `pip install ".[bench]"` in (a second CUDA torch would
+# not fit CI's disk; installing here would reinstall the package under the running suite),
+# at reduced sizes (--quick), into a temporary folder; then a check that every promised
+# file appeared (per op Markdown, CSV, speedup and memory PNG; the model benchmark's
+# Markdown and CSV) and that no partial set was left behind. By hand: pip install ".[bench]" first.
+# Measured on the shared 2-core VM (2026-11-28, beside the test suite, wheels from a local
+# mirror): the --quick benchmarks took 168-315 s, 22 configs each in a fresh process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
-
-rm -rf .venv-bench
-python3 -m venv .venv-bench
-# shellcheck disable=SC1091
-source .venv-bench/bin/activate
-python -m pip install --quiet --upgrade pip
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
-# README: pip install ".[bench]" && python -m benchmarks   (here with --quick and --out)
-pip install --quiet ".[bench]" && python -m benchmarks --quick --out "$out"
+python -m benchmarks --quick --out "$out"   # README: the main job (with --quick and --out)
 
 shopt -s nullglob
 dirs=("$out"/*/)

@@ -6,9 +6,12 @@
 # unreachable), these tests are skipped with the reason; a failing test fails CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PIP_NO_CACHE_DIR=1
+trap 'rm -rf .venv-mmseg' EXIT   # ~1.5 GB; CI's disk is shared with the other venvs
 
 start=$(date +%s)
 log=$(mktemp)
+rm -rf .venv-mmseg
 if ! { python3 -m venv .venv-mmseg \
        && .venv-mmseg/bin/python -m pip install --upgrade pip \
        && .venv-mmseg/bin/python -m pip install "torch==2.13.0" ".[mmseg,onnx,test]" \

@@ -5,7 +5,7 @@ checks that the Markdown, CSV and PNG files appear, the tables hold a row per co
 finite numbers, the spread of every row and the ratio-to-eager columns; that a complete
 run replaces a benchmark's old set as a whole; and that an interrupted run keeps what it
 measured (tables and plots) without touching the old set. In-process, not in a fresh venv:
-``.ci/bench.sh`` runs the README's install + benchmark command in one.
+``.ci/bench.sh`` runs the README's main-job command, in the venv ``.ci/run`` built.
 """
 import csv
 import math
