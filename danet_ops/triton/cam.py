@@ -14,12 +14,12 @@ Math, with ``X = x`` as ``[B, C, N]`` (backend contract: ``danet_ops.backends``)
 
 Kernels, in launch order:
 
-forward   ``_gram_kernel``        split-K partial Grams, [S, B, C, C] fp32
-          ``_softmax_kernel``     sums the S partials in a fixed order, softmax(-E) -> A
-          ``_attn_x_kernel``      A X with the γ·out + x epilogue
-backward  ``_gram_kernel``        split-K partials of G = dout Xᵀ
-          ``_attn_grad_kernel``   sums the partials, dE and per-row-block dγ partials
-          ``_dx_kernel``          dx = Aᵀ(γ dout) + (dE + dEᵀ) X + dout in one pass
+forward   ``_cam_gram_kernel``        split-K partial Grams, [S, B, C, C] fp32
+          ``_cam_softmax_kernel``     sums the S partials in a fixed order, softmax(-E) -> A
+          ``_cam_attn_x_kernel``      A X with the γ·out + x epilogue
+backward  ``_cam_gram_kernel``        split-K partials of G = dout Xᵀ
+          ``_cam_attn_grad_kernel``   sums the partials, dE and per-row-block dγ partials
+          ``_cam_dx_kernel``          dx = Aᵀ(γ dout) + (dE + dEᵀ) X + dout in one pass
 
 Why split-K with a partial buffer instead of atomics: the C x C output has few tiles
 (C = 512, 64x64 tiles: 36 on and above the diagonal) against a long reduction over N
@@ -53,18 +53,66 @@ from torch import Tensor
 
 from danet_ops.triton import configs, interpreter_enabled
 
+# --- configurations ------------------------------------------------------------------------
+#
+# Candidates per kernel and input dtype (``danet_ops.triton.configs``): each compiles for
+# sm_90 without spills and within shared memory (benchmarks/results/static-sm90/); the
+# first is the known-good one that DANET_OPS_TRITON_CONFIG=first pins.
+
+_C = configs.config
+# Under the interpreter: one fixed configuration (autotuning needs a GPU), blocks as large
+# as the test shapes use, since the interpreter's cost is per program and loop step.
+_INTERPRETER_GRAM = {"BLOCK_C": 32, "BLOCK_K": 64}
+_INTERPRETER_MATMUL = {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32}
+# Keyed on C, a power-of-two bucket of N (or of the split length) and the dot precision;
+# Triton adds the tensors' dtypes itself. The Gram's symmetric (forward) and general
+# (backward) launches differ in registers: tuned apart. (A key may name only the kernel's
+# own arguments: triton 3.9 checks.)
+_KEY = ["C", "N_BUCKET", "PRECISION"]
+
+# fp32 "ieee" Gram dots spill on sm_90 in every tile but 128x32, kept for 3xTF32 too.
+_GRAM_FP32 = [_C(8, 3, BLOCK_C=128, BLOCK_K=32), _C(8, 4, BLOCK_C=128, BLOCK_K=32)]
+_GRAM_HALF = _GRAM_FP32 + [
+    _C(4, 3, BLOCK_C=64, BLOCK_K=64),
+    _C(4, 3, BLOCK_C=64, BLOCK_K=128),
+    _C(8, 3, BLOCK_C=128, BLOCK_K=64),
+]
+# The [C, N]-tiled kernels. One stage count keeps first-use compiles bounded (a DANet
+# step: at most 40).
+_ATTN_X = [
+    _C(4, 3, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32),
+    _C(4, 3, BLOCK_M=64, BLOCK_N=128, BLOCK_K=32),
+    _C(4, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_K=32),
+    _C(8, 3, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32),
+    _C(4, 3, BLOCK_M=64, BLOCK_N=128, BLOCK_K=64),
+]
+# dx stages four operand tiles, two of them fp32, so it drops BLOCK_K = 64 (with fp32
+# inputs that tile exceeds shared memory); fp32 dx spills on sm_90 in every tile but 64x64
+# (3xTF32 and FMA).
+_DX_HALF = _ATTN_X[:-1]
+_DX_FP32 = _ATTN_X[:1]
+
+# Split-K chunks are a multiple of the largest BLOCK_K of any configuration, so a split
+# boundary never falls inside a block.
+_SPLIT_ALIGN = 128
+# Each split reduces over at least this many positions (GPU), so a split earns its launch.
+_MIN_SPLIT_LEN = 512
+
+
 # --- kernels -------------------------------------------------------------------------------
 
 
+@configs.autotune(half=_GRAM_HALF, fp32=_GRAM_FP32, interpreter=_INTERPRETER_GRAM,
+                  key=_KEY + ["SYMMETRIC"], dtype_arg="X")
 @triton.jit
-def _gram_kernel(
-    a_ptr, b_ptr, part_ptr, C, N, K_PER_SPLIT, N_BUCKET,
+def _cam_gram_kernel(
+    X, Y, Part, C, N, K_PER_SPLIT, N_BUCKET,
     SYMMETRIC: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """part[s, b, i, j] = Σ_{n in split s} a[b, i, n]·b[b, j, n] for one C x C tile, fp32.
+    """Part[s, b, i, j] = Σ_{n in split s} X[b, i, n]·Y[b, j, n] for one C x C tile, fp32.
 
-    Grid: (tiles², splits, batch). With SYMMETRIC (a is b, the forward Gram) only tiles on
+    Grid: (tiles², splits, batch). With SYMMETRIC (X is Y, the forward Gram) only tiles on
     and above the diagonal compute, and write their transpose below it: half the FLOPs.
     The programs below the diagonal return at once; enumerating only the upper triangle
     would save their launch but needs a square root to decode the tile index.
@@ -72,152 +120,158 @@ def _gram_kernel(
     """
     pid_t = tl.program_id(0)
     pid_s = tl.program_id(1)
-    pid_b = tl.program_id(2)
+    b = tl.program_id(2).to(tl.int64)
     n_tiles = tl.cdiv(C, BLOCK_C)
     ti = pid_t // n_tiles
     tj = pid_t % n_tiles
     if SYMMETRIC:
         if ti > tj:
             return
+    X += b * C * N
+    Y += b * C * N
+    Part += (pid_s * tl.num_programs(2) + b) * C * C
 
-    rows = ti * BLOCK_C + tl.arange(0, BLOCK_C)
-    cols = tj * BLOCK_C + tl.arange(0, BLOCK_C)
-    ks = tl.arange(0, BLOCK_K)
-    base = pid_b.to(tl.int64) * C * N
+    offs_i = ti * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_j = tj * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_i = offs_i < C
+    mask_j = offs_j < C
     n_start = pid_s * K_PER_SPLIT
     n_end = tl.minimum(n_start + K_PER_SPLIT, N)
 
     acc = tl.zeros((BLOCK_C, BLOCK_C), dtype=tl.float32)
-    for k0 in range(n_start, n_end, BLOCK_K):
-        n = k0 + ks
-        a = tl.load(
-            a_ptr + base + rows[:, None] * N + n[None, :],
-            mask=(rows[:, None] < C) & (n[None, :] < n_end), other=0.0,
-        )
-        bt = tl.load(
-            b_ptr + base + cols[None, :] * N + n[:, None],
-            mask=(cols[None, :] < C) & (n[:, None] < n_end), other=0.0,
-        )
-        acc = tl.dot(a, bt, acc, input_precision=PRECISION)
+    for start_k in range(n_start, n_end, BLOCK_K):
+        offs_n = start_k + offs_k
+        mask_n = offs_n < n_end
+        x = tl.load(X + offs_i[:, None] * N + offs_n[None, :],
+                    mask=mask_i[:, None] & mask_n[None, :], other=0.0)  # [C_i, K]
+        yt = tl.load(Y + offs_j[None, :] * N + offs_n[:, None],
+                     mask=mask_j[None, :] & mask_n[:, None], other=0.0)  # [K, C_j]
+        acc = tl.dot(x, yt, acc, input_precision=PRECISION)
 
-    out = part_ptr + (pid_s * tl.num_programs(2) + pid_b).to(tl.int64) * C * C
-    mask = (rows[:, None] < C) & (cols[None, :] < C)
-    tl.store(out + rows[:, None] * C + cols[None, :], acc, mask=mask)
+    mask = mask_i[:, None] & mask_j[None, :]
+    tl.store(Part + offs_i[:, None] * C + offs_j[None, :], acc, mask=mask)
     if SYMMETRIC:
         # The mirror image; a diagonal tile already holds both halves.
         # A branch, not `mask & (ti < tj)` (triton 3.9's interpreter rejects scalar-bool masks).
         if ti < tj:
-            tl.store(out + cols[None, :] * C + rows[:, None], acc, mask=mask)
+            tl.store(Part + offs_j[None, :] * C + offs_i[:, None], acc, mask=mask)
 
 
 @triton.jit
-def _sum_splits(part_ptr, pid_b, n_batch, offs, mask, C, S, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Σ_s part[s, b][offs] in split order (fixed order: bitwise reproducible), fp32."""
+def _sum_splits(Part, b, n_batch, offs, mask, C, S, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Σ_s Part[s, b][offs] in split order (fixed order: bitwise reproducible), fp32."""
     acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
     for s in range(S):
-        acc += tl.load(part_ptr + (s * n_batch + pid_b).to(tl.int64) * C * C + offs, mask=mask, other=0.0)
+        acc += tl.load(Part + (s * n_batch + b) * C * C + offs, mask=mask, other=0.0)
     return acc
 
 
 @triton.jit
-def _softmax_kernel(part_ptr, attn_ptr, C, S, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """A = exp(rowmin(E) - E) / Σ for BLOCK_R full rows, E = Σ_s part[s] in split order.
+def _cam_softmax_kernel(Part, Attn, C, S, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """A = exp(rowmin(E) - E) / Σ for BLOCK_R full rows, E = Σ_s Part[s] in split order.
 
     Grid: (row blocks, batch). rowmin(E) - E ≤ 0, so exp never overflows; it is
     softmax(rowmax(E) - E) as mmseg writes it, with the constant shift cancelled.
     """
     pid_r = tl.program_id(0)
-    pid_b = tl.program_id(1)
-    n_batch = tl.num_programs(1)
-    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = tl.arange(0, BLOCK_C)
-    mask = (rows[:, None] < C) & (cols[None, :] < C)
-    offs = rows[:, None] * C + cols[None, :]
+    b = tl.program_id(1).to(tl.int64)
+    offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_c = tl.arange(0, BLOCK_C)
+    mask = (offs_r[:, None] < C) & (offs_c[None, :] < C)
+    offs = offs_r[:, None] * C + offs_c[None, :]
 
-    e = _sum_splits(part_ptr, pid_b, n_batch, offs, mask, C, S, BLOCK_R, BLOCK_C)
+    e = _sum_splits(Part, b, tl.num_programs(1), offs, mask, C, S, BLOCK_R, BLOCK_C)
     # Padding columns get +inf so that they neither set the row minimum nor add to Σ.
-    valid = cols[None, :] < C
+    valid = offs_c[None, :] < C
     e = tl.where(valid, e, float("inf"))
     # (rowmax - rowmax) is 0, or NaN on a row holding +inf: eager's softmax(rowmax(E) - E)
     # is NaN on such a row, where rowmin(E) - E alone would give +inf weight 0.
     row_max = tl.max(tl.where(valid, e, -float("inf")), axis=1)
     p = tl.exp((tl.min(e, axis=1) + (row_max - row_max))[:, None] - e)
     p = p / tl.sum(p, axis=1)[:, None]
-    tl.store(attn_ptr + pid_b.to(tl.int64) * C * C + offs, p, mask=mask)
+    tl.store(Attn + b * C * C + offs, p, mask=mask)
 
 
+@configs.autotune(half=_ATTN_X, fp32=_ATTN_X, interpreter=_INTERPRETER_MATMUL, key=_KEY,
+                  dtype_arg="X")
 @triton.jit
-def _attn_x_kernel(
-    attn_ptr, x_ptr, gamma_ptr, out_ptr, C, N, N_BUCKET,
+def _cam_attn_x_kernel(
+    Attn, X, Gamma, Out, C, N, N_BUCKET,
     HAS_GAMMA: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """out[b, i, n] = γ·Σ_k A[b, i, k]·x[b, k, n] + x[b, i, n] (no γ, no + x without gamma).
+    """Out[b, i, n] = γ·Σ_k A[b, i, k]·X[b, k, n] + X[b, i, n] (no γ, no + X without gamma).
 
     Grid: (C tiles, N tiles, batch). A is fp32; for half inputs its tile is cast to the
     input dtype so the dot runs on tensor cores, accumulating in fp32.
     """
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    pid_b = tl.program_id(2)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    ks = tl.arange(0, BLOCK_K)
-    attn = attn_ptr + pid_b.to(tl.int64) * C * C
-    x = x_ptr + pid_b.to(tl.int64) * C * N
+    b = tl.program_id(2).to(tl.int64)
+    Attn += b * C * C
+    X += b * C * N
+    Out += b * C * N
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < C
+    mask_n = offs_n < N
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, C, BLOCK_K):
-        k = k0 + ks
-        a = tl.load(attn + rows[:, None] * C + k[None, :], mask=(rows[:, None] < C) & (k[None, :] < C), other=0.0)
-        xk = tl.load(x + k[:, None] * N + n[None, :], mask=(k[:, None] < C) & (n[None, :] < N), other=0.0)
-        acc = tl.dot(a.to(xk.dtype), xk, acc, input_precision=PRECISION)
+    for start_k in range(0, C, BLOCK_K):
+        offs_k = start_k + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < C
+        a = tl.load(Attn + offs_m[:, None] * C + offs_k[None, :],
+                    mask=mask_m[:, None] & mask_k[None, :], other=0.0)  # [M, K] fp32
+        x = tl.load(X + offs_k[:, None] * N + offs_n[None, :],
+                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)  # [K, N]
+        acc = tl.dot(a.to(x.dtype), x, acc, input_precision=PRECISION)
 
-    mask = (rows[:, None] < C) & (n[None, :] < N)
-    offs = rows[:, None] * N + n[None, :]
+    mask = mask_m[:, None] & mask_n[None, :]
+    offs = offs_m[:, None] * N + offs_n[None, :]
     if HAS_GAMMA:
-        gamma = tl.load(gamma_ptr).to(tl.float32)
-        acc = gamma * acc + tl.load(x + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + pid_b.to(tl.int64) * C * N + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+        acc = tl.load(Gamma).to(tl.float32) * acc + tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(Out + offs, acc.to(Out.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _attn_grad_kernel(
-    part_ptr, attn_ptr, gamma_ptr, de_ptr, dgamma_ptr, C, S,
+def _cam_attn_grad_kernel(
+    Part, Attn, Gamma, DE, DGammaPart, C, S,
     HAS_GAMMA: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """dE = -A∘(dA - rowsum(dA∘A)) with dA = γ·G, G = Σ_s part[s]; and Σ A∘G per row block.
+    """dE = -A∘(dA - rowsum(dA∘A)) with dA = γ·G, G = Σ_s Part[s]; and Σ A∘G per row block.
 
     Grid: (row blocks, batch). The dγ partial of this program goes to
-    dgamma[b, row block]; the launcher sums that small buffer (a fixed order).
+    DGammaPart[b, row block]; the launcher sums that small buffer (a fixed order).
     """
     pid_r = tl.program_id(0)
-    pid_b = tl.program_id(1)
-    n_batch = tl.num_programs(1)
-    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = tl.arange(0, BLOCK_C)
-    mask = (rows[:, None] < C) & (cols[None, :] < C)
-    offs = rows[:, None] * C + cols[None, :]
+    b = tl.program_id(1).to(tl.int64)
+    offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_c = tl.arange(0, BLOCK_C)
+    mask = (offs_r[:, None] < C) & (offs_c[None, :] < C)
+    offs = offs_r[:, None] * C + offs_c[None, :]
 
-    g = _sum_splits(part_ptr, pid_b, n_batch, offs, mask, C, S, BLOCK_R, BLOCK_C)
-    a = tl.load(attn_ptr + pid_b.to(tl.int64) * C * C + offs, mask=mask, other=0.0)
+    g = _sum_splits(Part, b, tl.num_programs(1), offs, mask, C, S, BLOCK_R, BLOCK_C)
+    a = tl.load(Attn + b * C * C + offs, mask=mask, other=0.0)
     if HAS_GAMMA:
-        tl.store(dgamma_ptr + pid_b * tl.num_programs(0) + pid_r, tl.sum(a * g))
-        da = tl.load(gamma_ptr).to(tl.float32) * g
+        tl.store(DGammaPart + b * tl.num_programs(0) + pid_r, tl.sum(a * g))
+        da = tl.load(Gamma).to(tl.float32) * g
     else:
         da = g
     row_dot = tl.sum(da * a, axis=1)
     de = a * (row_dot[:, None] - da)
-    tl.store(de_ptr + pid_b.to(tl.int64) * C * C + offs, de, mask=mask)
+    tl.store(DE + b * C * C + offs, de, mask=mask)
 
 
+@configs.autotune(half=_DX_HALF, fp32=_DX_FP32, interpreter=_INTERPRETER_MATMUL, key=_KEY,
+                  dtype_arg="X")
 @triton.jit
-def _dx_kernel(
-    attn_ptr, de_ptr, x_ptr, dout_ptr, gamma_ptr, dx_ptr, C, N, N_BUCKET,
+def _cam_dx_kernel(
+    Attn, DE, X, Dout, Gamma, DX, C, N, N_BUCKET,
     HAS_GAMMA: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """dx[b, i, n] = Σ_k (γ·A[k, i]·dout[k, n] + (dE[i, k] + dE[k, i])·x[k, n]) + dout[i, n].
+    """DX[b, i, n] = Σ_k (γ·A[k, i]·Dout[k, n] + (dE[i, k] + dE[k, i])·X[k, n]) + Dout[i, n].
 
     Grid: (C tiles, N tiles, batch). Both products share one accumulator and one walk over
     k; dE + dEᵀ is formed from two loads of dE rather than stored. Aᵀ·dout runs in the
@@ -226,126 +280,47 @@ def _dx_kernel(
     """
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    pid_b = tl.program_id(2)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    ks = tl.arange(0, BLOCK_K)
-    attn = attn_ptr + pid_b.to(tl.int64) * C * C
-    de = de_ptr + pid_b.to(tl.int64) * C * C
-    x = x_ptr + pid_b.to(tl.int64) * C * N
-    dout = dout_ptr + pid_b.to(tl.int64) * C * N
+    b = tl.program_id(2).to(tl.int64)
+    Attn += b * C * C
+    DE += b * C * C
+    X += b * C * N
+    Dout += b * C * N
+    DX += b * C * N
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < C
+    mask_n = offs_n < N
+    gamma = 1.0
     if HAS_GAMMA:
-        gamma = tl.load(gamma_ptr).to(tl.float32)
-    else:
-        gamma = 1.0
+        gamma = tl.load(Gamma).to(tl.float32)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, C, BLOCK_K):
-        k = k0 + ks
-        mask_ik = (rows[:, None] < C) & (k[None, :] < C)
-        mask_kn = (k[:, None] < C) & (n[None, :] < N)
-        a_t = tl.load(attn + k[None, :] * C + rows[:, None], mask=mask_ik, other=0.0)
-        d_sym = (
-            tl.load(de + rows[:, None] * C + k[None, :], mask=mask_ik, other=0.0)
-            + tl.load(de + k[None, :] * C + rows[:, None], mask=mask_ik, other=0.0)
-        )
-        dok = tl.load(dout + k[:, None] * N + n[None, :], mask=mask_kn, other=0.0)
-        xk = tl.load(x + k[:, None] * N + n[None, :], mask=mask_kn, other=0.0)
-        acc = tl.dot((gamma * a_t).to(dok.dtype), dok, acc, input_precision=PRECISION)
-        acc = tl.dot(d_sym, xk.to(tl.float32), acc, input_precision=PRECISION)
+    for start_k in range(0, C, BLOCK_K):
+        offs_k = start_k + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < C
+        mask_mk = mask_m[:, None] & mask_k[None, :]
+        mask_kn = mask_k[:, None] & mask_n[None, :]
+        at = tl.load(Attn + offs_k[None, :] * C + offs_m[:, None], mask=mask_mk, other=0.0)  # [M, K]
+        de_sym = (tl.load(DE + offs_m[:, None] * C + offs_k[None, :], mask=mask_mk, other=0.0)
+                  + tl.load(DE + offs_k[None, :] * C + offs_m[:, None], mask=mask_mk, other=0.0))
+        dout = tl.load(Dout + offs_k[:, None] * N + offs_n[None, :], mask=mask_kn, other=0.0)  # [K, N]
+        x = tl.load(X + offs_k[:, None] * N + offs_n[None, :], mask=mask_kn, other=0.0)  # [K, N]
+        acc = tl.dot((gamma * at).to(dout.dtype), dout, acc, input_precision=PRECISION)
+        acc = tl.dot(de_sym, x.to(tl.float32), acc, input_precision=PRECISION)
 
-    mask = (rows[:, None] < C) & (n[None, :] < N)
-    offs = rows[:, None] * N + n[None, :]
+    mask = mask_m[:, None] & mask_n[None, :]
+    offs = offs_m[:, None] * N + offs_n[None, :]
     if HAS_GAMMA:
-        acc += tl.load(dout + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(dx_ptr + pid_b.to(tl.int64) * C * N + offs, acc.to(dx_ptr.dtype.element_ty), mask=mask)
+        acc += tl.load(Dout + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(DX + offs, acc.to(DX.dtype.element_ty), mask=mask)
 
 
-# --- configurations --------------------------------------------------------------------------
-
-# Under the interpreter: one fixed configuration (autotuning needs a GPU), blocks as large
-# as the test shapes use, since the interpreter's cost is per program and loop step.
-_INTERPRET_GRAM = {"BLOCK_C": 32, "BLOCK_K": 64}
-_INTERPRET_MATMUL = {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32}
-# Split-K chunks are a multiple of the largest BLOCK_K of any configuration, so a split
-# boundary never falls inside a block.
-_SPLIT_ALIGN = 128
-# Each split reduces over at least this many positions (GPU), so a split earns its launch.
-_MIN_SPLIT_LEN = 512
-
-
-def _gram_configs(major: int) -> tuple[list[triton.Config], list[triton.Config]]:
-    """(half, fp32) candidates for the Gram kernel. Its fp32 "ieee" dots spill on sm_90 in
-    every tile but 128x32 (``benchmarks/results/static-sm90/``), kept for 3xTF32 too."""
-    stages = (3, 4) if major >= 9 else (2, 3)
-    fp32 = [configs.config(8, st, BLOCK_C=128, BLOCK_K=32) for st in stages]
-    tiles = ((64, 64, 4), (64, 128, 4), (128, 64, 8))
-    return fp32 + [configs.config(w, stages[0], BLOCK_C=c, BLOCK_K=k) for c, k, w in tiles], fp32
-
-
-def _matmul_configs(major: int, name: str) -> list[triton.Config]:
-    """Configs for the [C, N]-tiled kernels (``attn_x``, ``dx``), every dtype.
-
-    ``dx`` stages four operand tiles, two of them fp32, so it drops BLOCK_K = 64: with fp32
-    inputs that tile would exceed shared memory (sm_80 and sm_90, Triton's ptxas). One stage
-    count per arch keeps first-use compiles bounded (a DANet step: at most 40).
-    """
-    stages = 3 if major >= 9 else 2
-    tiles = [(64, 64, 32, 4), (64, 128, 32, 4), (128, 64, 32, 4), (128, 128, 32, 8), (64, 128, 64, 4)]
-    if name == "dx":
-        tiles = tiles[:-1]
-    return [configs.config(warps, stages, BLOCK_M=m, BLOCK_N=n, BLOCK_K=k) for m, n, k, warps in tiles]
-
-
-# Autotune keys name the kernel's own arguments only (triton 3.9 checks); the Gram's
-# symmetric (forward) and general (backward) launches differ in registers: tuned apart.
-_KEY = ["C", "N_BUCKET", "PRECISION"]
-# The argument whose dtype (the input's) picks a kernel's candidate list.
-_DTYPE_ARG = {"gram": "a_ptr", "attn_x": "x_ptr", "dx": "x_ptr"}
-
-
-@functools.cache
-def _tuned(name: str, device_index: int):
-    """The autotuned wrapper of kernel ``name`` for one GPU (configs chosen by its arch).
-
-    Keyed on C, a power-of-two bucket of N (or of the split length) and the dot precision;
-    Triton adds the tensors' dtypes to the key itself.
-    """
-    kernel = {"gram": _gram_kernel, "attn_x": _attn_x_kernel, "dx": _dx_kernel}[name]
-    if interpreter_enabled():
-        interpreter = _INTERPRET_GRAM if name == "gram" else _INTERPRET_MATMUL
-        half = fp32 = []
-    else:
-        major, _ = torch.cuda.get_device_capability(device_index)
-        interpreter = {}
-        if name == "gram":
-            half, fp32 = _gram_configs(major)
-        else:
-            half = fp32 = _matmul_configs(major, name)
-            if name == "dx":  # fp32 dx spills on sm_90 in every tile but 64x64 (3xTF32 and FMA)
-                fp32 = half[:1]
-    return configs.autotune(half=half, fp32=fp32, interpreter=interpreter,
-                            key=_KEY + (["SYMMETRIC"] if name == "gram" else []),
-                            dtype_arg=_DTYPE_ARG[name])(kernel)
+# --- launch code -------------------------------------------------------------------------------
 
 
 @functools.cache
 def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
-def _device_index(device: torch.device) -> int:
-    return device.index if device.index is not None else torch.cuda.current_device()
-
-
-def _launch(name: str, grid, args: tuple, kwargs: dict, device: torch.device) -> None:
-    """Run kernel ``name``: autotuned on a GPU, the interpreter's fixed blocks on the CPU."""
-    index = 0 if interpreter_enabled() else _device_index(device)
-    _tuned(name, index)[grid](*args, **kwargs)
-
-
-def _bucket(n: int) -> int:
-    return triton.next_power_of_2(max(n, 1))
 
 
 def _num_splits(c: int, n: int, batch: int, symmetric: bool, device: torch.device) -> tuple[int, int]:
@@ -355,10 +330,11 @@ def _num_splits(c: int, n: int, batch: int, symmetric: bool, device: torch.devic
     with splits no shorter than _MIN_SPLIT_LEN and at most 32 of them.
     """
     if interpreter_enabled():
-        block_c, align, min_len, programs = _INTERPRET_GRAM["BLOCK_C"], _INTERPRET_GRAM["BLOCK_K"], 64, 4
+        block_c, align, min_len, programs = _INTERPRETER_GRAM["BLOCK_C"], _INTERPRETER_GRAM["BLOCK_K"], 64, 4
     else:
         block_c, align, min_len = 64, _SPLIT_ALIGN, _MIN_SPLIT_LEN
-        programs = 2 * _sm_count(_device_index(device))
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        programs = 2 * _sm_count(index)
     t = triton.cdiv(c, block_c)
     tiles = batch * (t * (t + 1) // 2 if symmetric else t * t)
     splits = max(1, min(32, triton.cdiv(programs, tiles), n // min_len))
@@ -366,21 +342,19 @@ def _num_splits(c: int, n: int, batch: int, symmetric: bool, device: torch.devic
     return triton.cdiv(n, split_len), split_len
 
 
-def _gram_partials(a: Tensor, b: Tensor, symmetric: bool) -> tuple[Tensor, int]:
-    """Split-K partials of a bᵀ per batch item: ([S, B, C, C] fp32, S)."""
-    batch, c, n = a.shape
-    splits, split_len = _num_splits(c, n, batch, symmetric, a.device)
-    part = torch.empty((splits, batch, c, c), device=a.device, dtype=torch.float32)
+def _gram_partials(x: Tensor, y: Tensor, symmetric: bool) -> tuple[Tensor, int]:
+    """Split-K partials of x yᵀ per batch item: ([S, B, C, C] fp32, S)."""
+    batch, c, n = x.shape
+    splits, split_len = _num_splits(c, n, batch, symmetric, x.device)
+    part = torch.empty((splits, batch, c, c), device=x.device, dtype=torch.float32)
     # The Gram and G are energies (or their gradient): never plain TF32 for fp32 inputs.
-    precision = configs.dot_precisions(a.dtype)[0]
+    precision = configs.dot_precisions(x.dtype)[0]
 
     def grid(meta):
         return (triton.cdiv(c, meta["BLOCK_C"]) ** 2, splits, batch)
 
-    _launch(
-        "gram", grid, (a, b, part, c, n, split_len, _bucket(split_len)),
-        {"SYMMETRIC": symmetric, "PRECISION": precision}, a.device,
-    )
+    _cam_gram_kernel[grid](x, y, part, c, n, split_len, configs.n_bucket(split_len),
+                           SYMMETRIC=symmetric, PRECISION=precision)
     return part, splits
 
 
@@ -389,9 +363,6 @@ def _row_blocks(c: int) -> tuple[int, int, int]:
     block_c = triton.next_power_of_2(c)
     block_r = max(1, min(block_c, 4096 // block_c))
     return block_r, block_c, 8 if block_c >= 2048 else 4
-
-
-# --- launch code (the backend contract) ------------------------------------------------------
 
 
 def cam_forward(x: Tensor, gamma: Optional[Tensor]) -> tuple[Tensor, Tensor]:
@@ -405,7 +376,7 @@ def cam_forward(x: Tensor, gamma: Optional[Tensor]) -> tuple[Tensor, Tensor]:
 
     attn = torch.empty((batch, c, c), device=x.device, dtype=torch.float32)
     block_r, block_c, warps = _row_blocks(c)
-    _softmax_kernel[(triton.cdiv(c, block_r), batch)](
+    _cam_softmax_kernel[(triton.cdiv(c, block_r), batch)](
         part, attn, c, splits, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps,
     )
 
@@ -415,10 +386,8 @@ def cam_forward(x: Tensor, gamma: Optional[Tensor]) -> tuple[Tensor, Tensor]:
     def grid(meta):
         return (triton.cdiv(c, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]), batch)
 
-    _launch(
-        "attn_x", grid, (attn, x, gamma if has_gamma else x, out, c, n, _bucket(n)),
-        {"HAS_GAMMA": has_gamma, "PRECISION": configs.dot_precisions(x.dtype)[1]}, x.device,
-    )
+    _cam_attn_x_kernel[grid](attn, x, gamma if has_gamma else x, out, c, n, configs.n_bucket(n),
+                             HAS_GAMMA=has_gamma, PRECISION=configs.dot_precisions(x.dtype)[1])
     return out, attn
 
 
@@ -439,7 +408,7 @@ def cam_backward(dout: Tensor, x: Tensor, attn: Tensor, gamma: Optional[Tensor])
     row_blocks = triton.cdiv(c, block_r)
     d_energy = torch.empty((batch, c, c), device=x.device, dtype=torch.float32)
     dgamma_part = torch.empty((batch, row_blocks), device=x.device, dtype=torch.float32)
-    _attn_grad_kernel[(row_blocks, batch)](
+    _cam_attn_grad_kernel[(row_blocks, batch)](
         part, attn, gamma if has_gamma else attn, d_energy, dgamma_part, c, splits,
         HAS_GAMMA=has_gamma, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps,
     )
@@ -449,10 +418,7 @@ def cam_backward(dout: Tensor, x: Tensor, attn: Tensor, gamma: Optional[Tensor])
     def grid(meta):
         return (triton.cdiv(c, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]), batch)
 
-    _launch(
-        "dx", grid,
-        (attn, d_energy, x, dout, gamma if has_gamma else x, dx, c, n, _bucket(n)),
-        {"HAS_GAMMA": has_gamma, "PRECISION": configs.dot_precisions(x.dtype)[1]}, x.device,
-    )
+    _cam_dx_kernel[grid](attn, d_energy, x, dout, gamma if has_gamma else x, dx, c, n,
+                         configs.n_bucket(n), HAS_GAMMA=has_gamma, PRECISION=configs.dot_precisions(x.dtype)[1])
     dgamma = dgamma_part.sum().to(gamma.dtype) if has_gamma else dout.new_empty(0)
     return dx, dgamma

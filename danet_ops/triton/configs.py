@@ -71,6 +71,12 @@ def dot_precisions(dtype: torch.dtype) -> tuple[str, str]:
     return exact, exact if torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 
+def n_bucket(n: int) -> int:
+    """The autotuning key's stand-in for a length: its power-of-two bucket, so that every
+    N does not get its own tuning run."""
+    return triton.next_power_of_2(max(n, 1))
+
+
 def config(warps: int, stages: int, **blocks: int) -> triton.Config:
     return triton.Config(blocks, num_warps=warps, num_stages=stages)
 

@@ -32,9 +32,9 @@ from torch import Tensor
 
 from danet_ops.triton import configs
 
-# log2(e). Kernels spell it (and ln 2 = 0.6931...) as literals: a @triton.jit function
-# can read only constexpr globals.
-LOG2E = 1.4426950408889634
+# Kernels work in base 2 (exp2, log2); the contract's lse is in natural-log units.
+LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)  # log2(e)
+LN2: tl.constexpr = tl.constexpr(0.6931471805599453)  # ln(2)
 
 
 # --- configurations ----------------------------------------------------------------------
@@ -192,7 +192,7 @@ def _pam_fwd_kernel(
     tl.store(Out + out_offs, out.to(Out.dtype.element_ty), mask=out_mask)
     if SAVE_O:
         tl.store(O + out_offs, o.to(O.dtype.element_ty), mask=out_mask)
-    lse = (m_i + tl.log2(l_i)) * 0.6931471805599453  # natural log
+    lse = (m_i + tl.log2(l_i)) * LN2  # natural log
     # A branch, not `mask_m & (pid_v == 0)`: triton 3.9's interpreter rejects a mask that
     # combines a tensor with a scalar bool.
     if pid_v == 0:
@@ -275,7 +275,7 @@ def _pam_bwd_dv_kernel(
         mask_m = offs_m < N
         qt = tl.load(Q + offs_d[:, None] * stride_qc + offs_m[None, :] * stride_qn,
                      mask=mask_d[:, None] & mask_m[None, :], other=0.0)  # [D, M]
-        lse = tl.load(Lse + b * N + offs_m, mask=mask_m, other=0.0) * 1.4426950408889634  # log2 units
+        lse = tl.load(Lse + b * N + offs_m, mask=mask_m, other=0.0) * LOG2E  # log2 units
         st = tl.dot(k, qt, input_precision=QK_PRECISION) * qk_scale
         pt = tl.exp2(st - lse[None, :])
         pt = tl.where(mask_n[:, None] & mask_m[None, :], pt, 0.0)  # [N, M]
@@ -335,7 +335,7 @@ def _pam_bwd_dk_kernel(
                      mask=mask_d[:, None] & mask_m[None, :], other=0.0)  # [D, M]
         q = tl.load(Q + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qc,
                     mask=mask_m[:, None] & mask_d[None, :], other=0.0)  # [M, D]
-        lse = tl.load(Lse + b * N + offs_m, mask=mask_m, other=0.0) * 1.4426950408889634  # log2 units
+        lse = tl.load(Lse + b * N + offs_m, mask=mask_m, other=0.0) * LOG2E  # log2 units
         delta = tl.load(Delta + b * N + offs_m, mask=mask_m, other=0.0)
         st = tl.dot(k, qt, input_precision=QK_PRECISION) * qk_scale
         pt = tl.exp2(st - lse[None, :])
@@ -413,7 +413,7 @@ def _pam_bwd_fused_kernel(
                      mask=mask_d[:, None] & mask_m[None, :], other=0.0)  # [D, M]
         q = tl.load(Q + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qc,
                     mask=mask_m[:, None] & mask_d[None, :], other=0.0)  # [M, D]
-        lse = tl.load(Lse + b * N + offs_m, mask=mask_m, other=0.0) * 1.4426950408889634  # log2 units
+        lse = tl.load(Lse + b * N + offs_m, mask=mask_m, other=0.0) * LOG2E  # log2 units
         delta = tl.load(Delta + b * N + offs_m, mask=mask_m, other=0.0)
         st = tl.dot(k, qt, input_precision=QK_PRECISION) * qk_scale
         pt = tl.exp2(st - lse[None, :])
@@ -465,7 +465,7 @@ def _pam_bwd_dq_kernel(
 
     q = tl.load(Q + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qc,
                 mask=mask_m[:, None] & mask_d[None, :], other=0.0)  # [M, D]
-    lse = tl.load(Lse + b * N + offs_m, mask=mask_m, other=0.0) * 1.4426950408889634  # log2 units
+    lse = tl.load(Lse + b * N + offs_m, mask=mask_m, other=0.0) * LOG2E  # log2 units
     delta = tl.load(Delta + b * N + offs_m, mask=mask_m, other=0.0)
     gamma = 1.0
     if HAS_GAMMA:
@@ -505,10 +505,6 @@ def _block_d(cqk: int) -> int:
     return max(16, triton.next_power_of_2(cqk))
 
 
-def _n_bucket(n: int) -> int:
-    return triton.next_power_of_2(n)
-
-
 def pam_forward(
     q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor], residual: Optional[Tensor],
     scale: float, save_o: bool,
@@ -534,7 +530,7 @@ def pam_forward(
     _pam_fwd_kernel[grid](
         q, k, v, gamma if has_gamma else lse, res, out, o if keep_o else out, lse,
         *q.stride(), *k.stride(), *v.stride(), *res.stride(),
-        n, cqk, cv, _n_bucket(n), float(scale) * LOG2E,
+        n, cqk, cv, configs.n_bucket(n), float(scale) * LOG2E.value,
         HAS_GAMMA=has_gamma, HAS_RESIDUAL=has_residual, SAVE_O=keep_o,
         QK_PRECISION=qk_precision, MM_PRECISION=mm_precision, BLOCK_D=_block_d(cqk),
     )
@@ -573,7 +569,7 @@ def pam_backward(
     deterministic = torch.are_deterministic_algorithms_enabled()
     qk_precision, mm_precision = configs.dot_precisions(q.dtype)
     precisions = dict(QK_PRECISION=qk_precision, MM_PRECISION=mm_precision, BLOCK_D=_block_d(cqk))
-    sizes = (n, cqk, cv, _n_bucket(n))
+    sizes = (n, cqk, cv, configs.n_bucket(n))
     lse = lse.contiguous()  # indexed as [B, N] (it is, coming from pam_forward)
     gamma_arg = gamma if has_gamma else lse
 
@@ -597,7 +593,7 @@ def pam_backward(
     if backward_variant(cv, q.dtype) == "fused":
         _pam_bwd_fused_kernel[key_blocks](
             q, k, v, dout, gamma_arg, lse, delta, dk, dq_acc, dv, *strides,
-            *sizes, float(scale) * LOG2E, float(scale),
+            *sizes, float(scale) * LOG2E.value, float(scale),
             HAS_GAMMA=has_gamma, ATOMIC_DQ=not deterministic,
             BLOCK_CV=max(16, triton.next_power_of_2(cv)), **precisions,
         )
@@ -607,17 +603,17 @@ def pam_backward(
 
         _pam_bwd_dv_kernel[dv_grid](
             q, k, dout, gamma_arg, lse, dv, *q.stride(), *k.stride(), *dout.stride(),
-            *sizes, float(scale) * LOG2E, HAS_GAMMA=has_gamma, **precisions,
+            *sizes, float(scale) * LOG2E.value, HAS_GAMMA=has_gamma, **precisions,
         )
         _pam_bwd_dk_kernel[key_blocks](
             q, k, v, dout, gamma_arg, lse, delta, dk, dq_acc, *strides,
-            *sizes, float(scale) * LOG2E, float(scale),
+            *sizes, float(scale) * LOG2E.value, float(scale),
             HAS_GAMMA=has_gamma, ATOMIC_DQ=not deterministic, **precisions,
         )
     if deterministic:
         _pam_bwd_dq_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), batch)](
             q, k, v, dout, gamma_arg, lse, delta, dq, *strides,
-            *sizes, float(scale) * LOG2E, float(scale),
+            *sizes, float(scale) * LOG2E.value, float(scale),
             HAS_GAMMA=has_gamma, **precisions,
         )
     else:
