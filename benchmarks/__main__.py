@@ -22,29 +22,35 @@ import argparse
 import sys
 import time
 
-from benchmarks import bench_cam, bench_model, bench_pam, common
+from benchmarks import bench_cam, bench_model, bench_pam
+from benchmarks.cli import add_common_args, split_list
+from benchmarks.environment import environment, matmul_peak_tflops, pick_device
+from benchmarks.plots import pyplot
+from benchmarks.report import fmt, output_dir, staging_dir
+from benchmarks.rows import OpRow
+from benchmarks.sweep import interrupt_on_sigterm
 
-OPS = {"pam": bench_pam, "cam": bench_cam, "model": bench_model}
+OPS = {"pam": bench_pam.BENCH.run, "cam": bench_cam.BENCH.run, "model": bench_model.run}
 
 
-def headline(rows: list[dict]) -> None:
+def headline(rows: list[OpRow]) -> None:
     """Print the PAM rows at the largest N measured in fwdbwd fp32 (issue 2's table)."""
-    sel = [r for r in rows if r["mode"] == "fwdbwd" and r["dtype"] == "fp32"]
+    sel = [r for r in rows if r.mode == "fwdbwd" and r.dtype == "fp32"]
     if not sel:
         return
-    n = max(r["N"] for r in sel)
-    sel = [r for r in sel if r["N"] == n]
-    print(f"\nPAM fwd+bwd, fp32, B={sel[0]['B']}, C={sel[0]['C']}, Cqk={sel[0]['Cqk']}, "
-          f"{sel[0]['shape']} (N={n}):")
+    n = max(r.N for r in sel)
+    sel = [r for r in sel if r.N == n]
+    print(f"\nPAM fwd+bwd, fp32, B={sel[0].B}, C={sel[0].C}, Cqk={sel[0].Cqk}, "
+          f"{sel[0].shape} (N={n}):")
     print(f"  {'backend':10s} {'median ms':>10s} {'p20–p80 ms':>16s} {'spread':>7s} "
           f"{'peak extra MiB':>15s} {'speedup':>8s} {'mem ratio':>9s}")
     for r in sel:
-        if r["status"] != "ok":
-            print(f"  {r['backend']:10s} {r['status']}")
+        if r.status != "ok":
+            print(f"  {r.backend:10s} {r.status}")
             continue
-        print(f"  {r['backend']:10s} {r['ms']:10.1f} {r['p20_p80'] or '–':>16s} "
-              f"{r['spread_text'] or '–':>7s} {r['peak_mib']:15.1f} "
-              f"{common.fmt(r['speedup_vs_eager']):>8s} {common.fmt(r['mem_vs_eager']):>9s}")
+        print(f"  {r.backend:10s} {r.ms:10.1f} {r.p20_p80 or '–':>16s} "
+              f"{r.spread_text or '–':>7s} {r.peak_mib:15.1f} "
+              f"{fmt(r.speedup_vs_eager):>8s} {fmt(r.mem_vs_eager):>9s}")
 
 
 def main(argv=None) -> None:
@@ -53,20 +59,20 @@ def main(argv=None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ops", default="pam,cam,model",
                         help="which benchmarks, comma-separated (default: pam,cam,model)")
-    common.add_common_args(parser)
+    add_common_args(parser)
     args = parser.parse_args(argv)
-    ops = common.split_list(args.ops)
+    ops = split_list(args.ops)
     unknown = [o for o in ops if o not in OPS]
     if unknown:
         parser.error(f"--ops takes {','.join(OPS)}, got {unknown}")
-    common.interrupt_on_sigterm()
-    device = common.pick_device(args.device)
-    env = common.environment(device)
-    out = common.output_dir(args.out, device)
+    interrupt_on_sigterm()
+    device = pick_device(args.device)
+    env = environment(device)
+    out = output_dir(args.out, device)
     print(f"device: {env['device']} ({device.type}); torch {env['torch']}, triton {env['triton']}; "
-          f"results under {out} (rows as they are measured: {common.staging_dir(out)})", flush=True)
-    common.pyplot()  # says now, not at the end, when no plots can be drawn
-    peak = common.matmul_peak_tflops(device) if any(o in ("pam", "cam") for o in ops) else None
+          f"results under {out} (rows as they are measured: {staging_dir(out)})", flush=True)
+    pyplot()  # says now, not at the end, when no plots can be drawn
+    peak = matmul_peak_tflops(device) if any(o in ("pam", "cam") for o in ops) else None
     if peak:
         print(f"measured dense bf16 matmul peak: {peak:.0f} TFLOP/s")
     start = time.perf_counter()
@@ -74,7 +80,7 @@ def main(argv=None) -> None:
     for op in ops:
         t0 = time.perf_counter()
         try:
-            results[op] = OPS[op].run(args, device, env, peak)
+            results[op] = OPS[op](args, device, env, peak)
         except KeyboardInterrupt:
             done = [o for o in results if results[o]]
             print(f"interrupted during {op} after {time.perf_counter() - start:.0f} s"

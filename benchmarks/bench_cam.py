@@ -14,50 +14,29 @@ import sys
 
 import torch
 
-from benchmarks import common
+from benchmarks.measure import timing_note
+from benchmarks.ops import OpBenchmark
+from benchmarks.rows import DTYPES
 
 MODULE = "benchmarks.bench_cam"
 TITLE = "CAM (channel attention) op benchmark"
-BASELINES = ["compile"]
+BASELINES = ("compile",)
 # Input magnitude: Gram entries Σ_n x² stay well inside fp16's range at N = 32768.
 INPUT_STD = 0.5
 
 
 def plan(args: argparse.Namespace, device: torch.device) -> dict:
-    cuda = device.type == "cuda"
+    """The default shapes, dtypes and modes of this run (--quick, the default, or --full);
+    the command line's options override each (``OpBenchmark.configs``)."""
     if args.quick:
-        p = dict(batch=1, channels=32, sizes="8x8,12x16", dtypes="fp32", modes="fwd,fwdbwd")
-    elif cuda:
-        p = dict(batch=2, channels=512, sizes="64x64,64x128,97x97,128x256",
-                 dtypes="fp32,fp16,bf16" if args.full else "fp32,bf16", modes="fwd,fwdbwd")
-    elif args.full:
-        p = dict(batch=2, channels=512, sizes="32x32,48x64,64x64,64x128,97x97,128x256",
-                 dtypes="fp32", modes="fwd,fwdbwd")
-    else:
-        p = dict(batch=2, channels=512, sizes="32x32,64x64,64x128", dtypes="fp32", modes="fwdbwd")
-    return dict(
-        batch=args.batch or p["batch"], channels=args.channels or p["channels"],
-        sizes=common.parse_sizes(args.sizes or p["sizes"]),
-        dtypes=common.split_list(args.dtypes or p["dtypes"]),
-        modes=common.split_list(args.modes or p["modes"]),
-    )
-
-
-def build_configs(args: argparse.Namespace, device: torch.device) -> list[dict]:
-    p = plan(args, device)
-    backends = common.op_backends(device, args, BASELINES, not_default_compile=True)
-    timing = common.timing_args(args, device, cpu_warmup=1, cpu_rep=2 if args.quick else 3)
-    configs = []
-    for h, w in p["sizes"]:
-        for dtype in p["dtypes"]:
-            for mode in p["modes"]:
-                for backend in backends:
-                    configs.append(dict(
-                        op="cam", shape=f"{h}x{w}", H=h, W=w, N=h * w, B=p["batch"],
-                        C=p["channels"], Cqk=None, dtype=dtype, mode=mode, backend=backend,
-                        device=str(device), threads=args.threads, **timing,
-                    ))
-    return configs
+        return dict(batch=1, channels=32, sizes="8x8,12x16", dtypes="fp32", modes="fwd,fwdbwd")
+    if device.type == "cuda":
+        return dict(batch=2, channels=512, sizes="64x64,64x128,97x97,128x256",
+                    dtypes="fp32,fp16,bf16" if args.full else "fp32,bf16", modes="fwd,fwdbwd")
+    if args.full:
+        return dict(batch=2, channels=512, sizes="32x32,48x64,64x64,64x128,97x97,128x256",
+                    dtypes="fp32", modes="fwd,fwdbwd")
+    return dict(batch=2, channels=512, sizes="32x32,64x64,64x128", dtypes="fp32", modes="fwdbwd")
 
 
 def flops(cfg: dict) -> float:
@@ -70,7 +49,7 @@ def setup(cfg: dict, device: torch.device):
     import danet_ops
     from danet_ops.reference import channel_attention_reference
 
-    dtype = common.DTYPES[cfg["dtype"]]
+    dtype = DTYPES[cfg["dtype"]]
     grad = cfg["mode"] == "fwdbwd"
     b, c, n = cfg["B"], cfg["C"], cfg["N"]
     x = (INPUT_STD * torch.randn(b, c, n, device=device)).to(dtype).requires_grad_(grad)
@@ -95,19 +74,11 @@ def setup(cfg: dict, device: torch.device):
         def fn():
             with torch.no_grad():
                 forward()
-    return fn, {"flops": flops(cfg)}
-
-
-def runner(cfg: dict, device: torch.device) -> dict:
-    return common.run_one(setup, cfg, device)
-
-
-def describe(cfg: dict) -> str:
-    return f"cam {cfg['shape']} B={cfg['B']} C={cfg['C']} {cfg['dtype']} {cfg['mode']} {cfg['backend']}"
+    return fn, {}
 
 
 def notes(device: torch.device) -> list[str]:
-    timing = common.timing_note(device)
+    timing = timing_note(device)
     return [
         "Op: out = gamma · softmax(rowmax(E) − E) · X + x, E = X Xᵀ; x [B, C, N] "
         f"(inputs {INPUT_STD}·randn).",
@@ -126,16 +97,9 @@ def notes(device: torch.device) -> list[str]:
     ]
 
 
-def run(args: argparse.Namespace, device: torch.device, env: dict, peak_tflops) -> list[dict]:
-    configs = build_configs(args, device)
-    print(f"CAM: {len(configs)} configs on {env['device']}", flush=True)
-    return common.run_op("cam", TITLE, MODULE, runner, configs, describe, notes(device), args,
-                         device, env, peak_tflops)
-
-
-def main(argv=None) -> None:
-    common.script_main(argv, __doc__, run, runner)
-
+BENCH = OpBenchmark(name="cam", title=TITLE, module=MODULE, doc=__doc__, baselines=BASELINES,
+                    plan=plan, setup=setup, flops=flops, notes=notes, compile_on_cpu=False)
+main = BENCH.main
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -44,11 +44,6 @@ def _stub_mmcv_ops() -> None:
     sys.modules["mmcv.ops"] = stub
 
 
-def _rss_kb(key: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
-
-
 def measure(config: str, crop: tuple[int, int], batch: int, device: str) -> None:
     """One training step in this process; prints ``peak_bytes seconds head_type``."""
     _stub_mmcv_ops()
@@ -59,11 +54,13 @@ def measure(config: str, crop: tuple[int, int], batch: int, device: str) -> None
     from mmseg.structures import SegDataSample
     from mmseg.utils import register_all_modules
 
+    from benchmarks.measure import live_bytes, peak_bytes
+
     register_all_modules()
     cfg = Config.fromfile(config)
     cfg.model.pretrained = None
-    cuda = device.startswith("cuda")
-    base = torch.cuda.memory_allocated() if cuda else _rss_kb("VmRSS") * 1024
+    device = torch.device(device)
+    base = live_bytes(device)
     model = MODELS.build(cfg.model).to(device).train()
     images = torch.randn(batch, 3, *crop, device=device)
     samples = []
@@ -71,19 +68,13 @@ def measure(config: str, crop: tuple[int, int], batch: int, device: str) -> None
         sample = SegDataSample(metainfo=dict(img_shape=crop, pad_shape=crop, ori_shape=crop))
         sample.gt_sem_seg = PixelData(data=torch.randint(0, 19, (1, *crop), device=device))
         samples.append(sample)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset VmHWM to the current RSS
+
+    def step():
+        losses = model.loss(images, samples)
+        sum(v for k, v in losses.items() if "loss" in k).backward()
+
     start = time.perf_counter()
-    losses = model.loss(images, samples)
-    sum(v for k, v in losses.items() if "loss" in k).backward()
-    if cuda:
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        peak = _rss_kb("VmHWM") * 1024 - base
+    peak, _ = peak_bytes(step, device, base)
     print(peak, time.perf_counter() - start, type(model.decode_head).__name__)
 
 

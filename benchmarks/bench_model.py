@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import torch
 
-from benchmarks import common
+from benchmarks.cli import script_main, split_list
+from benchmarks.measure import (CUDA_MEMORY_METHOD, SPREAD_LIMIT, free_memory, live_bytes, short_error,
+                                spread_of, timed_calls)
+from benchmarks.report import TableSet, output_dir
+from benchmarks.rows import DTYPES, ModelRow
+from benchmarks.sweep import sweep
 
 MODULE = "benchmarks.bench_model"
 TITLE = "DANet model benchmark (mmseg model-zoo columns)"
@@ -82,7 +86,7 @@ def shapes(preset_name: str, scale: float) -> dict:
 def build_configs(args: argparse.Namespace, device: torch.device) -> list[dict]:
     cuda = device.type == "cuda"
     if args.presets:
-        presets = common.split_list(args.presets)
+        presets = split_list(args.presets)
     elif args.quick:
         presets = [TINY]
     elif cuda:
@@ -92,9 +96,9 @@ def build_configs(args: argparse.Namespace, device: torch.device) -> list[dict]:
     scale = args.scale if args.scale else (1.0 if cuda or args.quick else CPU_SCALE)
     # The fused side: what auto picks on a GPU; on the CPU auto would pick eager at these
     # reduced sizes, so the memory-efficient chunked backend is named instead.
-    backends = common.split_list(args.backends) or ["eager", "auto" if cuda else "chunked"]
+    backends = split_list(args.backends) or ["eager", "auto" if cuda else "chunked"]
     backends = [b for b in backends if b in ("eager", "auto", "chunked", "triton", "cuda")]
-    precisions = common.split_list(args.dtypes) or (["fp32", "amp"] if cuda else ["fp32"])
+    precisions = split_list(args.dtypes) or (["fp32", "amp"] if cuda else ["fp32"])
     precisions = ["amp" if p in ("bf16", "fp16", "amp") else p for p in dict.fromkeys(precisions)]
     configs = []
     for name in presets:
@@ -123,44 +127,6 @@ def _build(cfg: dict, device: torch.device):
     return model.to(device)
 
 
-def _timed(fn, device: torch.device, warmup: int, rep: int, peak_fn) -> tuple[dict, int]:
-    """Warm up, then ``rep`` timed calls, the first under ``peak_fn`` (memory); returns
-    ``{"ms": median, "p20_ms", "p80_ms", "reps"}`` and the peak."""
-    for _ in range(max(1, warmup)):
-        fn()
-    common.synchronize(device)
-    common.free_memory(device)
-    t0 = time.perf_counter()
-    peak = peak_fn(fn)
-    common.synchronize(device)
-    times = [(time.perf_counter() - t0) * 1e3]
-    for _ in range(max(1, rep) - 1):
-        common.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        common.synchronize(device)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return common.summarize_times(times), peak
-
-
-def _total_peak_bytes(fn, device: torch.device, base: int) -> int:
-    """Peak of everything allocated during one call, above ``base`` (live before the model)."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - base
-    common.reset_peak_rss()
-    fn()
-    return common._proc_status_kb("VmHWM") * 1024 - base
-
-
-def _live_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.memory_allocated(device)
-    return common._proc_status_kb("VmRSS") * 1024
-
-
 def runner(cfg: dict, device: torch.device) -> dict:
     """Train-step memory/time and inference fps of one (preset, backend, precision)."""
     from models import danet_loss, inference
@@ -169,9 +135,9 @@ def runner(cfg: dict, device: torch.device) -> dict:
         torch.backends.cudnn.benchmark = True  # as mmseg's default runtime
     s = shapes(cfg["preset"], cfg["scale"])
     amp = cfg["precision"] == "amp"
-    amp_dtype = common.DTYPES[cfg["amp_dtype"]]
+    amp_dtype = DTYPES[cfg["amp_dtype"]]
     result = {"status": "ok"}
-    base = _live_bytes(device)  # before the model: weights, grads, momenta count as in mmseg
+    base = live_bytes(device)  # before the model: weights, grads, momenta count as in mmseg
     model = optimizer = None
     try:
         torch.manual_seed(0)
@@ -197,17 +163,15 @@ def runner(cfg: dict, device: torch.device) -> dict:
 
         model.train()
         # Peak of a whole step over everything the run owns (mmseg's "Mem (GB)").
-        stats, peak_total = _timed(train_step, device, cfg["warmup"], cfg["rep"],
-                                   lambda fn: _total_peak_bytes(fn, device, base))
+        stats, peak_total, method = timed_calls(train_step, device, cfg["warmup"], cfg["rep"], base)
         result.update({"train_" + k: v for k, v in stats.items()})
-        result.update(train_mem_gb=peak_total / 2**30,
-                      mem_method="cuda-allocator" if device.type == "cuda" else "rss-hwm-reset")
+        result.update(train_mem_gb=peak_total / 2**30, mem_method=method)
     except Exception as exc:
-        result = {"status": "train " + common.short_error(exc)}
+        result = {"status": "train " + short_error(exc)}
     optimizer = None
     if model is not None:
         model.zero_grad(set_to_none=True)
-    common.free_memory(device)
+    free_memory(device)
     try:
         if model is None:
             raise RuntimeError("model not built")
@@ -219,23 +183,14 @@ def runner(cfg: dict, device: torch.device) -> dict:
             with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
                 inference(model, image, s["mode"], s["win"], s["stride"])
 
-        stats, peak = _timed(infer, device, cfg["warmup"], cfg["rep"],
-                             lambda fn: common.peak_extra_bytes(fn, device)[0])
+        stats, peak, _ = timed_calls(infer, device, cfg["warmup"], cfg["rep"])
         result.update({"infer_" + k: v for k, v in stats.items()})
         result.update(fps=1000.0 / stats["ms"], infer_peak_gb=peak / 2**30)
     except Exception as exc:
-        msg = "infer " + common.short_error(exc)
+        msg = "infer " + short_error(exc)
         result["status"] = msg if result["status"] == "ok" else result["status"] + "; " + msg
     del model
-    common.free_memory(device)
-    parts = []
-    if "train_mem_gb" in result:
-        parts.append(f"train {result['train_mem_gb']:.2f} GB, {result['train_ms']:.0f} ms/step")
-    if "fps" in result:
-        parts.append(f"inference {result['fps']:.3g} fps")
-    if result["status"] != "ok":
-        parts.append(result["status"])
-    result["summary"] = ", ".join(parts)
+    free_memory(device)
     return result
 
 
@@ -243,42 +198,19 @@ def describe(cfg: dict) -> str:
     return f"{cfg['preset']} {cfg['backend']} {cfg['precision']} (crop {cfg['crop']}, test {cfg['test']})"
 
 
-COLUMNS = [
-    ("preset", "config"), ("backend", "attention"), ("precision", "precision"),
-    ("crop", "train crop"), ("test", "test input"), ("test_mode", "test mode"),
-    ("train_mem_gb", "Mem (GB), train B=2"), ("train_ms", "train ms/step"),
-    ("train_range", "train ms p20–p80"), ("fps", "Inf time (fps), B=1"),
-    ("fps_range", "fps p20–p80"), ("spread_text", "spread (train / inference)"),
-    ("infer_peak_gb", "inference peak extra (GB)"),
-    ("mem_vs_eager", "train mem vs eager (×)"), ("fps_vs_eager", "fps vs eager (×)"),
-    ("status", "status"),
-]
-CSV_COLUMNS = [
-    "preset", "backend", "precision", "crop", "test", "test_mode", "train_mem_gb", "train_ms",
-    "train_p20_ms", "train_p80_ms", "train_reps", "fps", "infer_ms", "infer_p20_ms",
-    "infer_p80_ms", "infer_reps", "noisy", "infer_peak_gb", "mem_vs_eager", "fps_vs_eager",
-    "status", "scale", "amp_dtype", "mem_method", "device",
-]
-
-
-def derive(rows: list[dict]) -> None:
-    """Ratios to the eager row of the same preset and precision, spreads and their ⚠."""
+def derive(rows: list[ModelRow]) -> None:
+    """Ratios to the eager row of the same preset and precision, and the noise mark."""
     base = {}
     for r in rows:
-        if r["backend"] == "eager":
-            base[(r["preset"], r["precision"])] = r
+        if r.backend == "eager":
+            base[(r.preset, r.precision)] = r
     for r in rows:
-        b = base.get((r["preset"], r["precision"]), {})
-        r["mem_vs_eager"] = (r["train_mem_gb"] / b["train_mem_gb"]
-                             if r.get("train_mem_gb") and b.get("train_mem_gb") else None)
-        r["fps_vs_eager"] = r["fps"] / b["fps"] if r.get("fps") and b.get("fps") else None
-        r["train_range"] = common.range_text(r.get("train_p20_ms"), r.get("train_p80_ms"))
-        p20, p80 = r.get("infer_p20_ms"), r.get("infer_p80_ms")
-        r["fps_range"] = common.range_text(1000.0 / p80, 1000.0 / p20) if p20 and p80 else None
-        spreads = [common.spread_of(r, "train_"), common.spread_of(r, "infer_")]
-        r["spread_text"] = " / ".join(common.spread_text(x) or "–" for x in spreads)
-        known = [x for x in spreads if x is not None]
-        r["noisy"] = any(x > common.SPREAD_LIMIT for x in known) if known else None
+        b = base.get((r.preset, r.precision))
+        r.mem_vs_eager = (r.train_mem_gb / b.train_mem_gb
+                          if b is not None and r.train_mem_gb and b.train_mem_gb else None)
+        r.fps_vs_eager = r.fps / b.fps if b is not None and r.fps and b.fps else None
+        known = [x for x in (spread_of(*t) for t in r.timings().values()) if x is not None]
+        r.noisy = any(x > SPREAD_LIMIT for x in known) if known else None
 
 
 def notes(device: torch.device, configs: list[dict]) -> list[str]:
@@ -294,7 +226,7 @@ def notes(device: torch.device, configs: list[dict]) -> list[str]:
         "(whole, or slide with window/stride), median of the timed repeats after warm-up.",
         "p20–p80: 20th and 80th percentiles of the timed repeats (the first of them is the "
         "memory-measuring call); spread = (p80 − p20)/median, above "
-        f"{100 * common.SPREAD_LIMIT:.0f}% marked ⚠ (noisy: compare with care).",
+        f"{100 * SPREAD_LIMIT:.0f}% marked ⚠ (noisy: compare with care).",
         "precision 'amp': torch.autocast bf16 (weights fp32).",
         "Random weights and inputs; the numbers measure cost, not accuracy.",
     ]
@@ -303,7 +235,7 @@ def notes(device: torch.device, configs: list[dict]) -> list[str]:
                       f"by {scale} (rounded to multiples of 8) — real sizes are far too slow on "
                       f"this device. Compare rows with each other, not with the model zoo.")
     if device.type == "cuda":
-        out.append("Timing: CUDA-synchronised wall clock per call, median. " + common.CUDA_MEMORY_METHOD)
+        out.append("Timing: CUDA-synchronised wall clock per call, median. " + CUDA_MEMORY_METHOD)
     else:
         out.append("Timing: time.perf_counter per call, median. CPU memory: each config runs in "
                    "a fresh process; train Mem = VmHWM during one step (peak mark reset just "
@@ -311,24 +243,22 @@ def notes(device: torch.device, configs: list[dict]) -> list[str]:
     return out
 
 
-def run(args: argparse.Namespace, device: torch.device, env: dict, peak_tflops=None) -> list[dict]:
+def run(args: argparse.Namespace, device: torch.device, env: dict, peak_tflops=None) -> list[ModelRow]:
     why = models_available()
     if why is not None:
         print(f"model benchmark skipped: the models package does not import ({why})")
         return []
     configs = build_configs(args, device)
     print(f"model: {len(configs)} configs on {env['device']}", flush=True)
-    table = common.TableSet(common.output_dir(args.out, device), "model", TITLE, env,
-                            notes(device, configs), COLUMNS, CSV_COLUMNS, derive=derive,
-                            expected=len(configs))
-    rows = common.sweep(MODULE, runner, configs, device, not args.no_isolate, args.timeout,
-                        describe, table)
+    table = TableSet(output_dir(args.out, device), "model", TITLE, env, notes(device, configs),
+                     ModelRow, derive=derive, expected=len(configs))
+    rows = sweep(MODULE, runner, configs, device, not args.no_isolate, args.timeout, describe, table)
     table.finish()
     return rows
 
 
 def main(argv=None) -> None:
-    common.script_main(argv, __doc__, run, runner, needs_peak=False)
+    script_main(argv, __doc__, run, runner, needs_peak=False)
 
 
 if __name__ == "__main__":

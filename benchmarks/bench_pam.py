@@ -15,53 +15,30 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from benchmarks import common
+from benchmarks.measure import timing_note
+from benchmarks.ops import OpBenchmark
+from benchmarks.rows import DTYPES
 
 MODULE = "benchmarks.bench_pam"
 TITLE = "PAM (position attention) op benchmark"
-BASELINES = ["compile", "sdpa", "flex"]
+BASELINES = ("compile", "sdpa", "flex")
 
 
 def plan(args: argparse.Namespace, device: torch.device) -> dict:
-    """Shapes, dtypes and modes of this run: --quick, the default, or --full."""
-    cuda = device.type == "cuda"
+    """The default shapes, dtypes and modes of this run (--quick, the default, or --full);
+    the command line's options override each (``OpBenchmark.configs``)."""
     if args.quick:
-        p = dict(batch=1, channels=32, qk=8, sizes="8x8,12x16", dtypes="fp32", modes="fwd,fwdbwd")
-    elif cuda:
-        p = dict(batch=2, channels=512, qk=64, sizes="64x64,64x128,97x97,128x256",
-                 dtypes="fp32,fp16,bf16" if args.full else "fp32,bf16", modes="fwd,fwdbwd")
-        if args.full:
-            p["sizes"] = "32x32,48x64," + p["sizes"]
-    elif args.full:
-        p = dict(batch=2, channels=512, qk=64, sizes="32x32,48x64,64x64,64x128,97x97,128x256",
-                 dtypes="fp32", modes="fwd,fwdbwd")
-    else:
-        # The issue-2 headline on CPU: B=1, 64x128 (N=8192), fp32, fwd+bwd, plus a curve.
-        p = dict(batch=1, channels=512, qk=64, sizes="32x32,48x64,64x128", dtypes="fp32",
-                 modes="fwdbwd")
-    return dict(
-        batch=args.batch or p["batch"], channels=args.channels or p["channels"],
-        qk=args.qk_channels or p["qk"], sizes=common.parse_sizes(args.sizes or p["sizes"]),
-        dtypes=common.split_list(args.dtypes or p["dtypes"]),
-        modes=common.split_list(args.modes or p["modes"]),
-    )
-
-
-def build_configs(args: argparse.Namespace, device: torch.device) -> list[dict]:
-    p = plan(args, device)
-    backends = common.op_backends(device, args, BASELINES)
-    timing = common.timing_args(args, device, cpu_warmup=1, cpu_rep=2 if args.quick else 3)
-    configs = []
-    for h, w in p["sizes"]:
-        for dtype in p["dtypes"]:
-            for mode in p["modes"]:
-                for backend in backends:
-                    configs.append(dict(
-                        op="pam", shape=f"{h}x{w}", H=h, W=w, N=h * w, B=p["batch"],
-                        C=p["channels"], Cqk=p["qk"], dtype=dtype, mode=mode, backend=backend,
-                        device=str(device), threads=args.threads, **timing,
-                    ))
-    return configs
+        return dict(batch=1, channels=32, qk=8, sizes="8x8,12x16", dtypes="fp32", modes="fwd,fwdbwd")
+    if device.type == "cuda":
+        return dict(batch=2, channels=512, qk=64,
+                    sizes=("32x32,48x64," if args.full else "") + "64x64,64x128,97x97,128x256",
+                    dtypes="fp32,fp16,bf16" if args.full else "fp32,bf16", modes="fwd,fwdbwd")
+    if args.full:
+        return dict(batch=2, channels=512, qk=64, sizes="32x32,48x64,64x64,64x128,97x97,128x256",
+                    dtypes="fp32", modes="fwd,fwdbwd")
+    # The issue-2 headline on CPU: B=1, 64x128 (N=8192), fp32, fwd+bwd, plus a curve.
+    return dict(batch=1, channels=512, qk=64, sizes="32x32,48x64,64x128", dtypes="fp32",
+                modes="fwdbwd")
 
 
 def flops(cfg: dict) -> float:
@@ -121,14 +98,15 @@ def _flex(q, k, v, gamma, x, grad: bool, dout):
 
 
 def setup(cfg: dict, device: torch.device):
-    """Inputs and the function to time for one config; returns (fn, extra row fields)."""
+    """Inputs and the function to time for one config; returns (fn, extra row fields:
+    FlexAttention's kernel options where it ran)."""
     import danet_ops
     from danet_ops.reference import position_attention_reference
 
-    dtype = common.DTYPES[cfg["dtype"]]
+    dtype = DTYPES[cfg["dtype"]]
     grad = cfg["mode"] == "fwdbwd"
     b, c, cqk, n = cfg["B"], cfg["C"], cfg["Cqk"], cfg["N"]
-    extra = {"flops": flops(cfg)}
+    extra = {}
 
     def make(*shape):
         return torch.randn(*shape, device=device, dtype=dtype).requires_grad_(grad)
@@ -169,16 +147,8 @@ def setup(cfg: dict, device: torch.device):
     return fn, extra
 
 
-def runner(cfg: dict, device: torch.device) -> dict:
-    return common.run_one(setup, cfg, device)
-
-
-def describe(cfg: dict) -> str:
-    return f"pam {cfg['shape']} B={cfg['B']} {cfg['dtype']} {cfg['mode']} {cfg['backend']}"
-
-
 def notes(device: torch.device) -> list[str]:
-    timing = common.timing_note(device)
+    timing = timing_note(device)
     sdpa = ("sdpa: F.scaled_dot_product_attention(q, k, v, scale=1.0) on [B, 1, N, d] contiguous "
             "copies of the channel-first inputs (the copies and the `gamma·out + x` epilogue are "
             "inside the timed call), "
@@ -197,16 +167,9 @@ def notes(device: torch.device) -> list[str]:
     ]
 
 
-def run(args: argparse.Namespace, device: torch.device, env: dict, peak_tflops) -> list[dict]:
-    configs = build_configs(args, device)
-    print(f"PAM: {len(configs)} configs on {env['device']}", flush=True)
-    return common.run_op("pam", TITLE, MODULE, runner, configs, describe, notes(device), args,
-                         device, env, peak_tflops)
-
-
-def main(argv=None) -> None:
-    common.script_main(argv, __doc__, run, runner)
-
+BENCH = OpBenchmark(name="pam", title=TITLE, module=MODULE, doc=__doc__, baselines=BASELINES,
+                    plan=plan, setup=setup, flops=flops, notes=notes)
+main = BENCH.main
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -13,7 +13,7 @@ import subprocess
 
 import torch
 
-from benchmarks import common
+from benchmarks.environment import environment, matmul_peak_tflops
 
 
 def copy_gbps(device: torch.device, nbytes: int = 2 << 30) -> float:
@@ -27,7 +27,7 @@ def copy_gbps(device: torch.device, nbytes: int = 2 << 30) -> float:
 
 def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    for key, value in common.environment(device).items():
+    for key, value in environment(device).items():
         print(f"{key}: {value}")
     nvcc = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
     try:
@@ -43,7 +43,7 @@ def main() -> None:
         print("driver, max SM clock:", driver)
     except OSError:
         pass
-    print(f"measured dense bf16 matmul: {common.matmul_peak_tflops(device):.0f} TFLOP/s (8192³ torch.mm)")
+    print(f"measured dense bf16 matmul: {matmul_peak_tflops(device):.0f} TFLOP/s (8192³ torch.mm)")
     print(f"measured device copy: {copy_gbps(device):.0f} GB/s (2 GiB copy_, read + write)")
 
 

@@ -31,7 +31,12 @@ from unittest import mock
 
 import torch
 
-from benchmarks import bench_cam, bench_pam, common
+from benchmarks import bench_cam, bench_pam
+from benchmarks.environment import environment, matmul_peak_tflops, slugify
+from benchmarks.measure import free_memory, short_error
+from benchmarks.ops import finish_op
+from benchmarks.report import RESULTS_ROOT, fmt, range_text
+from benchmarks.rows import DTYPES, OpRow
 
 FUSED = ("triton", "cuda")
 # Triton variants (``--variants``): the environment each one runs under. Rows are named
@@ -40,7 +45,7 @@ VARIANTS = {
     "bwd=fused": {"DANET_OPS_TRITON_PAM_BWD": "fused"},
     "fp32=ieee": {"DANET_OPS_TRITON_FP32": "ieee"},
 }
-ROW_COLUMNS = ["op"] + common.OP_CSV_COLUMNS + ["flex_kernel_options", "seconds"]
+ROW_COLUMNS = ["op"] + OpRow.csv_columns() + ["flex_kernel_options", "seconds"]
 
 
 def _cfg(op, h, w, b, dtype, mode, backend, device, timing):
@@ -109,8 +114,8 @@ def plan(device: torch.device, dry_run: bool) -> list[dict]:
     return rows
 
 
-def _setup(cfg):
-    return bench_pam.setup if cfg["op"] == "pam" else bench_cam.setup
+def _bench(cfg):
+    return bench_pam.BENCH if cfg["op"] == "pam" else bench_cam.BENCH
 
 
 # ---------------------------------------------------------------- correctness
@@ -127,7 +132,7 @@ def error_vs_chunked(cfg: dict, device: torch.device) -> float:
     """Max relative error of out and the input gradients against chunked in float64."""
     import danet_ops
 
-    dtype = common.DTYPES[cfg["dtype"]]
+    dtype = DTYPES[cfg["dtype"]]
     b, c, n = cfg["B"], cfg["C"], cfg["N"]
     if cfg["op"] == "pam":
         inputs = [torch.randn(b, cfg["Cqk"], n, device=device), torch.randn(b, cfg["Cqk"], n, device=device),
@@ -163,14 +168,14 @@ def measure_row(cfg: dict, device: torch.device) -> dict:
     backend, env = _variant(cfg)
     call = dict(cfg, backend=backend)
     with mock.patch.dict(os.environ, env):
-        result = common.run_one(_setup(call), call, device)
+        result = _bench(call).measure(call, device)
         row = dict(cfg, **result)
         if row["status"] == "ok" and backend in FUSED:
             try:
                 row["err_vs_chunked"] = error_vs_chunked(call, device)
             except Exception as exc:  # a failed check is reported, not hidden
-                row["status"] = "check failed: " + common.short_error(exc)
-    common.free_memory(device)
+                row["status"] = "check failed: " + short_error(exc)
+    free_memory(device)
     row["seconds"] = round(time.perf_counter() - start, 1)
     return row
 
@@ -187,8 +192,8 @@ def _available(backend: str, device: torch.device) -> bool:
 
 def run(out: Path, device: torch.device, budget_s: float, dry_run: bool, only: dict,
         stuck_s: float = 60.0, variants: bool = False) -> None:
-    env = common.environment(device)
-    peak = common.matmul_peak_tflops(device)
+    env = environment(device)
+    peak = matmul_peak_tflops(device)
     rows_csv = out / "rows.csv"
     out.mkdir(parents=True, exist_ok=True)
     cfgs = plan(device, dry_run)
@@ -214,10 +219,10 @@ def run(out: Path, device: torch.device, budget_s: float, dry_run: bool, only: d
             f.flush()
             err = row.get("err_vs_chunked")
             print(f"[{i + 1}/{len(cfgs)}] {cfg['op']} {cfg['shape']} {cfg['dtype']} {cfg['mode']} "
-                  f"{cfg['backend']}: {common.fmt(row.get('ms'))} ms"
-                  + (f" (p20–p80 {common.range_text(row.get('p20_ms'), row.get('p80_ms'))})"
+                  f"{cfg['backend']}: {fmt(row.get('ms'))} ms"
+                  + (f" (p20–p80 {range_text(row.get('p20_ms'), row.get('p80_ms'))})"
                      if row["status"] == "ok" else "")
-                  + "".join(f" ⚠ noisy: {part}" for part in common.noisy_parts(row))
+                  + "".join(f" ⚠ noisy: {part}" for part in OpRow.from_dict(row).noisy_parts())
                   + (f", err {err:.1e}" if err is not None else "")
                   + ("" if row["status"] == "ok" else f" [{row['status'][:100]}]")
                   + f" ({row['seconds']} s)", flush=True)
@@ -229,7 +234,8 @@ def run(out: Path, device: torch.device, budget_s: float, dry_run: bool, only: d
             notes = notes + ["Rows in priority order under a time budget "
                              "(`python -m benchmarks.gpu_headline`); err vs chunked: max "
                              "‖x − ref‖/‖ref‖ over out and input gradients, ref = chunked in float64."]
-            common.finish_op(op, title + " (GPU headline)", op_rows, device, env, notes, str(out), peak)
+            finish_op(op, title + " (GPU headline)", [OpRow.from_dict(r) for r in op_rows], device,
+                      env, notes, str(out), peak)
 
 
 def render(sources: list[str], out: Path, env_file: Path, notes: list[str]) -> None:
@@ -257,13 +263,13 @@ def render(sources: list[str], out: Path, env_file: Path, notes: list[str]) -> N
                     r[k] = float(r[k]) if r.get(k) is not None else None
                 r["run"] = label
                 rows.append(r)
-    device, slug = torch.device("cuda"), common.slugify(env["device"])
+    device, slug = torch.device("cuda"), slugify(env["device"])
     for op, title, op_notes in (("pam", bench_pam.TITLE, bench_pam.notes(device)),
                                 ("cam", bench_cam.TITLE, bench_cam.notes(device))):
         op_rows = [r for r in rows if r["op"] == op]
         if op_rows:
-            common.finish_op(op, title + " (GPU headline)", op_rows, device, env,
-                             op_notes + notes, str(out), peak, slug)
+            finish_op(op, title + " (GPU headline)", [OpRow.from_dict(r) for r in op_rows], device,
+                      env, op_notes + notes, str(out), peak, slug)
 
 
 def _write_autotune_choices(path: Path) -> None:
@@ -290,19 +296,19 @@ def prewarm(kind: str, device: torch.device, dry_run: bool, variants: bool = Fal
         try:
             call = dict(cfg, backend=name)
             with mock.patch.dict(os.environ, env):
-                fn, _ = _setup(call)(call, device)
+                fn, _ = _bench(call).setup(call, device)
                 fn()
             done += 1
         except Exception as exc:
             print(f"prewarm {kind} {cfg['op']} {cfg['shape']} {cfg['dtype']} {cfg['mode']}: "
-                  f"{common.short_error(exc)}", flush=True)
-        common.free_memory(device)
+                  f"{short_error(exc)}", flush=True)
+        free_memory(device)
     print(f"prewarm {kind}: {done} rows compiled", flush=True)
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=str(common.RESULTS_ROOT))
+    p.add_argument("--out", default=str(RESULTS_ROOT))
     p.add_argument("--budget-s", type=float, default=200.0, help="start no new row after this")
     p.add_argument("--prewarm", help="triton:K, compile or flex: compile only, no timing")
     p.add_argument("--variants", action="store_true",

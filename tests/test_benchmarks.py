@@ -19,10 +19,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import common
+from benchmarks.environment import device_slug
+from benchmarks.measure import SPREAD_LIMIT, quantile
+from benchmarks.ops import op_table
+from benchmarks.rows import ModelRow, OpRow
 
 ROOT = Path(__file__).resolve().parent.parent
-SLUG = common.device_slug(torch.device("cpu"))
+SLUG = device_slug(torch.device("cpu"))
 
 
 def _env():
@@ -55,7 +58,7 @@ def _check_op(out_dir, op, backends):
         for key in ("ms", "p20_ms", "p80_ms", "spread", "tflops", "peak_mib", "speedup_vs_eager"):
             assert math.isfinite(float(r[key])), (key, r)
         assert 0 < float(r["p20_ms"]) <= float(r["ms"]) <= float(r["p80_ms"])
-        assert r["noisy"] == str(float(r["spread"]) > common.SPREAD_LIMIT)
+        assert r["noisy"] == str(float(r["spread"]) > SPREAD_LIMIT)
         assert float(r["peak_mib"]) >= 0
     eager = [r for r in rows if r["backend"] == "eager"][0]
     assert float(eager["speedup_vs_eager"]) == 1.0
@@ -136,12 +139,12 @@ def test_rows_are_written_as_they_come_and_noisy_rows_marked(tmp_path, capsys):
     """TableSet appends each row to the staging tables at once; a row whose p20–p80 spread
     is above 25% of its median is marked in the Markdown, the CSV and the console."""
     out = tmp_path / "dev"
-    table = common.op_table("pam", "t", torch.device("cpu"), {"device": "x"}, [], str(tmp_path),
-                            None, slug="dev", expected=2)
+    table = op_table("pam", "t", torch.device("cpu"), {"device": "x"}, [], str(tmp_path),
+                     None, slug="dev", expected=2)
     base = dict(shape="8x8", N=64, B=1, C=4, Cqk=2, dtype="fp32", mode="fwd", status="ok",
                 flops=1e6, peak_bytes=2**20, reps=5)
-    quiet = dict(base, backend="eager", ms=10.0, p20_ms=9.5, p80_ms=10.5)
-    noisy = dict(base, backend="chunked", ms=5.0, p20_ms=4.0, p80_ms=6.0)
+    quiet = OpRow(**base, backend="eager", ms=10.0, p20_ms=9.5, p80_ms=10.5)
+    noisy = OpRow(**base, backend="chunked", ms=5.0, p20_ms=4.0, p80_ms=6.0)
     table.add(quiet)
     staged = tmp_path / "dev.partial"
     assert len(_rows(staged / "pam.csv")) == 1 and not out.exists()
@@ -154,8 +157,8 @@ def test_rows_are_written_as_they_come_and_noisy_rows_marked(tmp_path, capsys):
     assert "| 10% |" in md and "| 40% ⚠ |" in md and "9.5–10.5" in md
     table.finish()
     assert not staged.exists() and (out / "pam.md").read_text() == md
-    assert common.noisy_parts(noisy) == ["spread 40%"] and common.noisy_parts(quiet) == []
-    assert common.quantile([1.0, 2.0, 3.0, 4.0, 5.0], 0.2) == pytest.approx(1.8)
+    assert noisy.noisy_parts() == ["spread 40%"] and quiet.noisy_parts() == []
+    assert quantile([1.0, 2.0, 3.0, 4.0, 5.0], 0.2) == pytest.approx(1.8)
 
 
 def test_cli_isolated_cpu_process(tmp_path):
@@ -181,3 +184,27 @@ def test_cli_model_tiny(tmp_path):
         assert r["status"] == "ok", r
         assert float(r["train_mem_gb"]) > 0 and float(r["fps"]) > 0
     assert "Mem (GB)" in (out_dir / "model.md").read_text()
+
+
+def test_csv_columns_are_the_row_fields():
+    """The CSV headers are the rows' dataclass fields in order; pinned, since committed
+    results and their readers (``gpu_headline --render``) go by these names."""
+    assert OpRow.csv_columns() == [
+        "shape", "N", "B", "C", "Cqk", "dtype", "mode", "backend", "ms", "p20_ms", "p80_ms",
+        "spread", "noisy", "reps", "tflops", "pct_peak", "peak_mib", "speedup_vs_eager",
+        "mem_vs_eager", "err_vs_chunked", "status", "run", "flops", "peak_bytes", "mem_method",
+        "device"]
+    assert ModelRow.csv_columns() == [
+        "preset", "backend", "precision", "crop", "test", "test_mode", "train_mem_gb", "train_ms",
+        "train_p20_ms", "train_p80_ms", "train_reps", "fps", "infer_ms", "infer_p20_ms",
+        "infer_p80_ms", "infer_reps", "noisy", "infer_peak_gb", "mem_vs_eager", "fps_vs_eager",
+        "status", "scale", "amp_dtype", "mem_method", "device"]
+    # A config's other keys (H, W, timing) are not columns; a missing column is empty.
+    row = ModelRow.from_dict(dict(
+        preset="p", backend="eager", precision="fp32", crop="8x8", test="8x8", test_mode="whole",
+        warmup=1, rep=3, train_mem_gb=1.0, train_ms=10.0, train_p20_ms=9.0, train_p80_ms=11.0,
+        fps=250.0, infer_ms=4.0, infer_p20_ms=3.0, infer_p80_ms=5.0, status="ok"))
+    assert row.noisy_parts() == ["infer spread 50%"]
+    assert row.spread_text == "20% / 50% ⚠" and row.fps_range == "200–333"
+    assert row.progress() == "train 1.00 GB, 10 ms/step, inference 250 fps"
+    assert len(row.csv_values()) == len(ModelRow.csv_columns()) and row.csv_values()[-1] == ""
