@@ -19,8 +19,8 @@ How, without a GPU:
   recorders. Every launch is recorded with its arguments and constexprs exactly as the
   launch code passes them; the configs are what the recorded autotuner would try for those
   arguments (``Autotuner.prune_configs``: its ``configs`` list, after an
-  ``early_config_prune`` if it has one). CAM's autotuners are built at launch time from the
-  device's compute capability, so ``torch.cuda`` answers as an sm_90 device with 132 SMs.
+  ``early_config_prune`` if it has one). CAM sizes its split-K grid from the device's SM
+  count, so ``torch.cuda`` answers as an sm_90 device with 132 SMs.
 * Each (launch, config) is compiled with ``JITFunction.run(..., warmup=True)`` (Triton's own
   argument specialization, compile and no launch) against a stand-in driver whose target is
   ``GPUTarget("cuda", 90, 32)``. Triton's bundled ptxas runs with ``-v``; its log
