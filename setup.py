@@ -13,6 +13,7 @@ from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
+README = ROOT / "README.md"
 
 
 class BuildPyWithSources(build_py):
@@ -69,7 +70,7 @@ setup(
     name="danet_ops",
     version="0.1.0",
     description="Fused, memory-efficient Triton and CUDA kernels for DANet's position and channel attention",
-    long_description=(ROOT / "README.md").read_text(encoding="utf-8") if (ROOT / "README.md").exists() else "",
+    long_description=README.read_text(encoding="utf-8") if README.exists() else "",
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.9",

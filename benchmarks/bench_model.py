@@ -19,8 +19,15 @@ import sys
 import torch
 
 from benchmarks.cli import script_main, split_list
-from benchmarks.measure import (CUDA_MEMORY_METHOD, SPREAD_LIMIT, free_memory, live_bytes, short_error,
-                                spread_of, timed_calls)
+from benchmarks.measure import (
+    CUDA_MEMORY_METHOD,
+    SPREAD_LIMIT,
+    free_memory,
+    live_bytes,
+    short_error,
+    spread_of,
+    timed_calls,
+)
 from benchmarks.report import TableSet, output_dir
 from benchmarks.rows import DTYPES, ModelRow
 from benchmarks.sweep import sweep
@@ -189,7 +196,7 @@ def runner(cfg: dict, device: torch.device) -> dict:
     except Exception as exc:
         msg = "infer " + short_error(exc)
         result["status"] = msg if result["status"] == "ok" else result["status"] + "; " + msg
-    del model
+    model = None  # free the weights before the next config
     free_memory(device)
     return result
 

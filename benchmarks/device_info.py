@@ -31,15 +31,16 @@ def main() -> None:
         print(f"{key}: {value}")
     nvcc = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
     try:
-        print("nvcc:", subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
+        print("nvcc:", version.strip().splitlines()[-1])
     except OSError:
         print("nvcc: not found")
     if device.type != "cuda":
         print("no CUDA device: ceilings not measured")
         return
     try:
-        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,clocks.max.sm", "--format=csv,noheader"],
-                                capture_output=True, text=True).stdout.strip()
+        query = ["nvidia-smi", "--query-gpu=driver_version,clocks.max.sm", "--format=csv,noheader"]
+        driver = subprocess.run(query, capture_output=True, text=True).stdout.strip()
         print("driver, max SM clock:", driver)
     except OSError:
         pass

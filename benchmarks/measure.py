@@ -74,7 +74,7 @@ def timing_note(device: torch.device) -> str:
 
 
 def spread_note(device: torch.device) -> str:
-    return (f"p20–p80: the 20th and 80th percentiles of the timed calls"
+    return ("p20–p80: the 20th and 80th percentiles of the timed calls"
             + (" (do_bench quantiles)" if device.type == "cuda" else "")
             + f"; spread = (p80 − p20)/median. Rows with a spread above "
             f"{100 * SPREAD_LIMIT:.0f}% are marked ⚠ (noisy: compare them with care).")

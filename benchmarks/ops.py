@@ -12,8 +12,14 @@ from typing import Callable, Optional
 import torch
 
 from benchmarks.cli import parse_sizes, script_main, split_list
-from benchmarks.measure import (CPU_MEMORY_METHOD, CUDA_MEMORY_METHOD, SPREAD_LIMIT, run_one,
-                                spread_note, spread_of)
+from benchmarks.measure import (
+    CPU_MEMORY_METHOD,
+    CUDA_MEMORY_METHOD,
+    SPREAD_LIMIT,
+    run_one,
+    spread_note,
+    spread_of,
+)
 from benchmarks.plots import plot_op
 from benchmarks.report import TableSet, output_dir
 from benchmarks.rows import OpRow
@@ -171,7 +177,8 @@ def op_table(op: str, title: str, device: torch.device, env: dict, notes: list[s
     ``<op>_memory.png`` under ``OUT/<slug>/``."""
     env = dict(env)
     if peak_tflops:
-        env["measured dense bf16 matmul peak"] = f"{peak_tflops:.0f} TFLOP/s (8192³ torch.mm, do_bench median)"
+        env["measured dense bf16 matmul peak"] = (
+            f"{peak_tflops:.0f} TFLOP/s (8192³ torch.mm, do_bench median)")
     notes = list(notes) + [spread_note(device),
                            CUDA_MEMORY_METHOD if device.type == "cuda" else CPU_MEMORY_METHOD]
     return TableSet(output_dir(out_root, device, slug), op, title, env, notes, OpRow,

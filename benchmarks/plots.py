@@ -115,7 +115,8 @@ def plot_vs_eager(path: Path, op: str, rows: list[OpRow], kind: str, env: dict) 
     if not ok:
         return False
     dtypes = sorted({r.dtype for r in ok}, key=lambda d: (list(DTYPES).index(d) if d in DTYPES else 99, d))
-    modes = sorted({r.mode for r in ok}, key=lambda m: (list(MODE_LABEL).index(m) if m in MODE_LABEL else 99, m))
+    order = list(MODE_LABEL)
+    modes = sorted({r.mode for r in ok}, key=lambda m: (order.index(m) if m in order else 99, m))
     fig, axes = plt.subplots(len(dtypes), len(modes), squeeze=False,
                              figsize=(5.4 * len(modes) + 2.6, 3.9 * len(dtypes) + 1.1))
     handles = {}

@@ -434,9 +434,10 @@ def _label(launch: _Launch, selector_keys: list[str]) -> tuple[str, dict]:
 
 def _module_kernels() -> dict[str, str]:
     """Every ``*_kernel`` @triton.jit function of the kernel modules: name -> label."""
+    from triton.runtime.jit import KernelInterface
+
     import danet_ops.triton.cam as cam
     import danet_ops.triton.pam as pam
-    from triton.runtime.jit import KernelInterface
 
     found = {}
     for module in (pam, cam):
@@ -738,7 +739,8 @@ def sweep(
                     for k, v in value.items():
                         setattr(rows[i], k, v)
                 else:
-                    rows[i].status = value if value.startswith(("timeout", "not started")) else f"error: {value}"
+                    known = value.startswith(("timeout", "not started"))
+                    rows[i].status = value if known else f"error: {value}"
             r = rows[jobs[j][0]]
             say(f"  [{finished[0]}/{len(jobs)}] {r.kernel} {r.config} {r.dtype}: {cell(r)}"
                 f"  ({'-' if r.compile_s is None else r.compile_s} s, "
@@ -885,7 +887,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     full = not wanted and set(variants) == set(VARIANTS)
     out = Path(args.out) if args.out else (RESULTS_DIR if full else None)
     if out is not None:
-        command = " ".join(["python -m benchmarks.static_sm90"] + list(argv if argv is not None else sys.argv[1:]))
+        given = list(argv if argv is not None else sys.argv[1:])
+        command = " ".join(["python -m benchmarks.static_sm90"] + given)
         for path in write_results(result, out, env, command):
             print(f"wrote {path}")
     return 0

@@ -209,7 +209,9 @@ def position_attention(
     return out if late_residual is None else out + late_residual
 
 
-def channel_attention(x: Tensor, *, gamma: Optional[Union[Tensor, float]] = None, backend: str = "auto") -> Tensor:
+def channel_attention(
+    x: Tensor, *, gamma: Optional[Union[Tensor, float]] = None, backend: str = "auto",
+) -> Tensor:
     """DANet's channel attention: ``gamma · softmax(rowmax(E) - E) · X + x`` with ``E = X Xᵀ``.
 
     Args:

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from onnxscript import opset18 as op
-
 import torch
+from onnxscript import opset18 as op
 
 # ONNX TensorProto codes for the softmax statistics (float32; float64 for float64 inputs).
 _FLOAT, _DOUBLE = 1, 11

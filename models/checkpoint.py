@@ -99,7 +99,8 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, Tensor
 
 
 def _listing(title: str, keys: list[str]) -> str:
-    shown = keys[:_SHOWN_KEYS] + ([f"... and {len(keys) - _SHOWN_KEYS} more"] if len(keys) > _SHOWN_KEYS else [])
+    more = len(keys) - _SHOWN_KEYS
+    shown = keys[:_SHOWN_KEYS] + ([f"... and {more} more"] if more > 0 else [])
     return f"{title} ({len(keys)}):\n    " + "\n    ".join(shown)
 
 
@@ -155,9 +156,10 @@ def load_checkpoint(
     """Load an mmseg checkpoint (path, URL, or an already loaded dict) into ``model``.
 
     strict=True: any missing, unexpected or wrongly shaped key raises ``ValueError``
-    summarising them (counts and the first few of each), and nothing is loaded. strict=False: loads the keys that fit (e.g. a
-    backbone from a full model, or everything but the classifiers when the class count
-    differs) and returns the rest in the ``LoadResult``.
+    summarising them (counts and the first few of each), and nothing is loaded.
+    strict=False: loads the keys that fit (e.g. a backbone from a full model, or everything
+    but the classifiers when the class count differs) and returns the rest in the
+    ``LoadResult``.
     """
     if isinstance(path_or_url, Mapping):
         state = extract_state_dict(path_or_url)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import danet_ops
 from torch import Tensor, nn
 
+import danet_ops
 from models.conv_module import ConvModule, NormSpec
 from models.decode_head import BaseDecodeHead
 

@@ -15,10 +15,10 @@ import os
 import sys
 import time
 
-import danet_ops
 import numpy as np
 import torch
 
+import danet_ops
 from models.checkpoint import load_checkpoint
 from models.classes import class_names
 from models.image_io import check_writable, colorize, palette_for, read_image, write_image
@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resize", action="store_true",
                         help="rescale to the preset's test scale first, as mmseg's test pipeline does")
     parser.add_argument("--flip", action="store_true", help="also average the horizontal flip")
-    parser.add_argument("--scales", type=float, nargs="+", default=[1.0], help="test-time scales (default 1.0)")
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0],
+                        help="test-time scales (default 1.0)")
     parser.add_argument("--seed", type=int, default=0, help="seed for random weights (default %(default)s)")
     return parser
 

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.presets import Preset, get_preset
 from models.preprocess import normalize
+from models.presets import Preset, get_preset
 
 
 def slide_windows(

@@ -298,7 +298,8 @@ def cached_library(build_dir: Path) -> tuple[Optional[Path], Optional[str]]:
     if not library.is_file():
         return None, f"its library {library.name} is missing"
     if library.stat().st_size != size:
-        return None, f"its library {library.name} has {library.stat().st_size} bytes, not the {size} built (truncated?)"
+        return None, (f"its library {library.name} has {library.stat().st_size} bytes, "
+                      f"not the {size} built (truncated?)")
     if _sha256(library) != sha:
         return None, f"its library {library.name} differs from the one built (SHA-256 mismatch)"
     return library, None

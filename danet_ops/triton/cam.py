@@ -419,6 +419,7 @@ def cam_backward(dout: Tensor, x: Tensor, attn: Tensor, gamma: Optional[Tensor])
         return (triton.cdiv(c, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]), batch)
 
     _cam_dx_kernel[grid](attn, d_energy, x, dout, gamma if has_gamma else x, dx, c, n,
-                         configs.n_bucket(n), HAS_GAMMA=has_gamma, PRECISION=configs.dot_precisions(x.dtype)[1])
+                         configs.n_bucket(n), HAS_GAMMA=has_gamma,
+                         PRECISION=configs.dot_precisions(x.dtype)[1])
     dgamma = dgamma_part.sum().to(gamma.dtype) if has_gamma else dout.new_empty(0)
     return dx, dgamma
