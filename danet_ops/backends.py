@@ -38,8 +38,12 @@ _MODULES = {
 BACKENDS = ("auto", "triton", "cuda", "chunked", "eager")
 # Backends that run float64 (the pure-PyTorch ones).
 FLOAT64_BACKENDS = ("chunked", "eager")
-# On the CPU (benchmarks/results/cpu-*, PAM fwd+bwd): eager is faster at N = 1024, chunked
-# from N = 3072 on (and uses a fraction of the memory). auto takes eager while one
+# On the CPU, PAM at C = 512, Cqk = 64, B = 1, fp32 (``python -m benchmarks.cpu_crossover``,
+# one thread's CPU time, median of 7; AMD EPYC, 2026-11-28): up to N = 2048 eager is as fast
+# or faster (chunked 0.88-1.26x eager's speed forward, 0.90-0.92x forward+backward); at
+# N = 2560 and 3072 chunked is faster forward (1.30x, 1.34x) and level forward+backward
+# (0.98x) with a fraction of the memory. Runs differ by about 15% per row, so the switch
+# sits where the two cross in the middle of that band: auto takes eager while one
 # B x N x N matrix has at most 2**22 elements (N = 2048 at B = 1), chunked beyond.
 CPU_EAGER_MAX_ELEMENTS = 1 << 22
 

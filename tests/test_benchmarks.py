@@ -208,3 +208,22 @@ def test_csv_columns_are_the_row_fields():
     assert row.spread_text == "20% / 50% ⚠" and row.fps_range == "200–333"
     assert row.progress() == "train 1.00 GB, 10 ms/step, inference 250 fps"
     assert len(row.csv_values()) == len(ModelRow.csv_columns()) and row.csv_values()[-1] == ""
+
+
+def test_cpu_crossover_prints_both_backends_per_size(capsys):
+    """The script behind CPU_EAGER_MAX_ELEMENTS: a row per (N, mode) and its verdict."""
+    from benchmarks import cpu_crossover
+
+    threads = torch.get_num_threads()
+    try:
+        cpu_crossover.main(["--sizes", "16,24", "--reps", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in lines[1:5]]
+    assert [(r[0], r[1]) for r in rows] == [
+        ("16", "fwd"), ("16", "fwdbwd"), ("24", "fwd"), ("24", "fwdbwd")]
+    assert all(float(r[2]) > 0 and float(r[3]) > 0 for r in rows)
+    assert lines[5].startswith(("eager is at least as fast", "chunked is faster"))
+    with pytest.raises(SystemExit):
+        cpu_crossover.main(["--sizes", "0"])
