@@ -61,9 +61,9 @@ inline void ldmatrix_x4(uint32_t (&r)[4], const void* row) { emu::ldmatrix_x4(r,
 inline void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) { emu::ldmatrix_x4(r, row, true); }
 inline void cp_async_cg16(void* dst, const void* src, int src_bytes) { emu::cp_async16(dst, src, src_bytes); }
 inline void cp_async_ca16(void* dst, const void* src, int src_bytes) { emu::cp_async16(dst, src, src_bytes); }
-inline void cp_async_commit() {}
+inline void cp_async_commit() { emu::cp_async_commit(); }
 template <int N>
-inline void cp_async_wait() {}  // the emulated copies completed when they were issued
+inline void cp_async_wait() { emu::cp_async_wait(N); }
 inline uint4 ld_global_128(const void* p) { return emu::ld_global_128(p); }
 inline void st_global_128(void* p, uint4 v) { emu::st_global_128(p, v); }
 

@@ -170,8 +170,12 @@ def test_ldmatrix_trans_fragments_feed_the_mma(emulated_kernels, dtype):
 
 
 @pytest.mark.parametrize("src_bytes", [0, 16])
-def test_cp_async_copies_or_zero_fills(emulated_kernels, src_bytes):
+def test_cp_async_copies_or_zero_fills_at_the_wait(emulated_kernels, src_bytes):
+    """The emulation carries a copy out at the wait that retires its group, not before: a
+    kernel that reads a stage without waiting for it reads stale data there too."""
     src = torch.arange(1, 9, dtype=torch.int16)
     dst = torch.full((8,), -1, dtype=torch.int16)
-    emulated_kernels.emu_cp_async16(_ptr(dst), _ptr(src), ctypes.c_int(src_bytes))
+    before = torch.zeros(8, dtype=torch.int16)
+    emulated_kernels.emu_cp_async16(_ptr(dst), _ptr(src), ctypes.c_int(src_bytes), _ptr(before))
+    assert torch.equal(before, torch.full((8,), -1, dtype=torch.int16))
     assert torch.equal(dst, src if src_bytes else torch.zeros_like(src))

@@ -6,7 +6,8 @@
 // its indexing, masking and synchronisation, where no GPU exists (CI).
 // The half types and nvcuda::wmma are emulated too (below), so the tensor-core path of the
 // fp16/bf16 kernels runs here as well, and so are the warp-level instructions of ../mma.cuh
-// (mma.sync m16n8k16, ldmatrix, cp.async) with the fragment layouts the PTX ISA documents,
+// (mma.sync m16n8k16, ldmatrix, cp.async, the copies deferred to the wait that retires
+// them) with the fragment layouts the PTX ISA documents,
 // and the block's dynamic shared memory (sized per launch, exactly, so AddressSanitizer
 // sees overruns).
 #pragma once
@@ -18,6 +19,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <memory>
 #include <thread>
 #include <type_traits>
@@ -52,6 +54,17 @@ inline std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
 inline float exchange[1024];
 inline unsigned char* dynamic_smem = nullptr;
 inline int block_threads = 0;
+
+// cp.async (../mma.cuh): a thread's copies are queued as issued, grouped by commit, and
+// carried out by the wait that retires their group, so a read that the kernel does not
+// order after the right wait sees the destination's old contents (on the GPU it might).
+struct AsyncCopy {
+  void* dst;
+  const void* src;
+  int bytes;
+};
+inline thread_local std::vector<AsyncCopy> cp_open;                // issued, not committed
+inline thread_local std::deque<std::vector<AsyncCopy>> cp_groups;  // committed, not waited for
 }  // namespace emu
 
 inline void __syncthreads() { emu::block_barrier->arrive_and_wait(); }
@@ -99,6 +112,10 @@ void emu_launch(dim3 grid, int threads, F&& body, size_t dynamic_smem = 0) {
             threadIdx = EmuIndex{static_cast<unsigned>(t), 0, 0};
             blockIdx = EmuIndex{x, y, z};
             body();
+            if (!emu::cp_open.empty() || !emu::cp_groups.empty()) {
+              std::fprintf(stderr, "thread %d ended with cp.async copies never waited for\n", t);
+              std::abort();
+            }
           });
         for (auto& th : pool) th.join();
       }
@@ -304,8 +321,8 @@ inline void ldmatrix_x4(uint32_t (&r)[4], const void* row, bool trans) {
   for (int m = 0; m < 4; ++m) r[m] = out[m];
 }
 
-// cp.async 16 bytes: a synchronous copy (the wait is then a no-op), zero-filled past
-// src_bytes; both addresses must be 16-byte aligned, as on the GPU.
+// cp.async 16 bytes, zero-filled past src_bytes; both addresses must be 16-byte aligned,
+// as on the GPU. Queued until a cp_async_wait retires its group (see AsyncCopy above).
 inline void cp_async16(void* dst, const void* src, int src_bytes) {
   check_aligned16(dst, "cp.async destination");
   check_aligned16(src, "cp.async source");
@@ -313,8 +330,21 @@ inline void cp_async16(void* dst, const void* src, int src_bytes) {
     std::fprintf(stderr, "cp.async: src-size %d out of 0..16\n", src_bytes);
     std::abort();
   }
-  std::memcpy(dst, src, src_bytes);
-  std::memset(static_cast<unsigned char*>(dst) + src_bytes, 0, 16 - src_bytes);
+  cp_open.push_back(AsyncCopy{dst, src, src_bytes});
+}
+inline void cp_async_commit() {
+  cp_groups.push_back(std::move(cp_open));
+  cp_open.clear();
+}
+// cp.async.wait_group n: complete all but the n most recently committed groups.
+inline void cp_async_wait(int n) {
+  while (static_cast<int>(cp_groups.size()) > n) {
+    for (const AsyncCopy& c : cp_groups.front()) {
+      std::memcpy(c.dst, c.src, c.bytes);
+      std::memset(static_cast<unsigned char*>(c.dst) + c.bytes, 0, 16 - c.bytes);
+    }
+    cp_groups.pop_front();
+  }
 }
 
 inline uint4 ld_global_128(const void* p) {

@@ -277,11 +277,13 @@ extern "C" void emu_ldmatrix_x4(const uint16_t* rows, const int* rows_of_lane, i
   });
 }
 
-// One cp.async of 16 bytes with src_bytes (0..16) read, as a one-thread launch.
-extern "C" void emu_cp_async16(void* dst, const void* src, int src_bytes) {
+// One cp.async of 16 bytes with src_bytes (0..16) read, as a one-thread launch; before[16]
+// receives the destination as it is between the commit and the wait.
+extern "C" void emu_cp_async16(void* dst, const void* src, int src_bytes, unsigned char* before) {
   emu_launch(dim3(1), 1, [&] {
     danet::mma::cp_async_cg16(dst, src, src_bytes);
     danet::mma::cp_async_commit();
+    std::memcpy(before, dst, 16);
     danet::mma::cp_async_wait<0>();
   });
 }
