@@ -21,7 +21,8 @@
 namespace danet {
 
 // torch's half types are bit- and layout-compatible with CUDA's, so shared tiles of them
-// are handed to WMMA as __half / __nv_bfloat16 (see tile_mma).
+// are handed to WMMA (tile_mma) and to the mma.sync instructions of mma.cuh as __half /
+// __nv_bfloat16.
 template <>
 struct wmma_elem<c10::Half> { using type = __half; };
 template <>

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <tuple>
+#include <type_traits>
 
 namespace danet {
 namespace {
@@ -26,6 +27,59 @@ void check_pam_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor
               q.size(0));
   TORCH_CHECK(q.size(2) <= (int64_t)1 << 30 && q.size(1) <= 65535 * TILE && v.size(1) <= 65535 * TILE,
               "danet_ops: PAM sizes out of range: q ", q.sizes(), ", v ", v.sizes());
+}
+
+// Whether pam_forward_mma_kernel can run here: sm_80 or newer, and q, two k stages and two
+// v stages in the shared memory a block may opt in to. Returns its byte count, or 0.
+size_t mma_forward_smem(int64_t cqk) {
+  int dev = 0, major = 0, optin = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&dev));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  const size_t bytes = pam_mma::smem_bytes(static_cast<int>(cqk));
+  return major >= 8 && bytes <= static_cast<size_t>(optin) ? bytes : 0;
+}
+
+// q, k, v as pam_forward_mma_kernel reads them: rows of a 16-byte aligned buffer with a
+// stride (ld) that is a multiple of 8 positions. Dense inputs that are already so are used
+// as they are; otherwise each is copied once into a zero-padded [B, C, ld] buffer (O(C*N)
+// bytes against the kernel's O(N^2*C) work), so every load is a 16-byte cp.async and the
+// padding reads as zeros (P = 0 there, and 0 * v stays 0).
+int64_t mma_row_stride(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  const int64_t n = q.size(2);
+  const auto aligned = [](const at::Tensor& t) {
+    return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+  };
+  return n % 8 == 0 && aligned(q) && aligned(k) && aligned(v) ? n : (n + 7) / 8 * 8;
+}
+
+at::Tensor padded_rows(const at::Tensor& t, int64_t ld) {
+  if (ld == t.size(2) && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0) return t;
+  auto buffer = at::zeros({t.size(0), t.size(1), ld}, t.options());
+  buffer.narrow(2, 0, t.size(2)).copy_(t);
+  return buffer;
+}
+
+// pam_forward_mma_kernel for p (its q, k, v, ld set here), if it can run on this GPU.
+template <typename T>
+bool launch_mma_forward(PamArgs<T> p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                        at::Tensor& out, T* o_raw, at::Tensor& lse, cudaStream_t stream) {
+  const size_t smem = mma_forward_smem(p.cqk);
+  if (smem == 0) return false;
+  const int64_t ld = mma_row_stride(q, k, v);
+  const auto qp = padded_rows(q, ld), kp = padded_rows(k, ld), vp = padded_rows(v, ld);
+  p.q = qp.data_ptr<T>();
+  p.k = kp.data_ptr<T>();
+  p.v = vp.data_ptr<T>();
+  p.ld = static_cast<int>(ld);
+  const auto kernel = pam_forward_mma_kernel<T>;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(smem)));
+  const dim3 grid(ceil_div(p.n, pam_mma::BM), ceil_div(p.cv, pam_mma::CVT), q.size(0));
+  kernel<<<grid, pam_mma::BLOCK_THREADS, smem, stream>>>(p, out.data_ptr<T>(), o_raw,
+                                                         lse.data_ptr<float>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return true;
 }
 
 }  // namespace
@@ -66,9 +120,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pam_forward(
     p.cv = cv;
     p.n = n;
     p.scale = static_cast<float>(scale);
-    pam_forward_kernel<scalar_t><<<grid, THREADS, 0, stream>>>(
-        p, out.data_ptr<scalar_t>(), keep_o ? o.data_ptr<scalar_t>() : nullptr,
-        lse.data_ptr<float>());
+    scalar_t* o_ptr = keep_o ? o.data_ptr<scalar_t>() : nullptr;
+    // fp16/bf16 on tensor cores through mma.sync where the GPU and shared memory allow
+    // (pam_kernels.cuh); fp32, and half types elsewhere, on the 64x64 tile kernel.
+    if constexpr (!std::is_same<scalar_t, float>::value) {
+      if (launch_mma_forward(p, q, k, v, out, o_ptr, lse, stream)) return;
+    }
+    pam_forward_kernel<scalar_t><<<grid, THREADS, 0, stream>>>(p, out.data_ptr<scalar_t>(), o_ptr,
+                                                               lse.data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {out, lse, o};

@@ -3,12 +3,26 @@
 // with q, k [B, Cqk, N] and v, residual [B, Cv, N], read channel-first as convolutions
 // write them.
 //
-// Forward: one block per (query tile of 64, v-channel tile of 64, batch item). It walks
-// the key tiles with an online softmax (running row max and sum in fp32) and keeps the
-// 64x64 output tile O^T[c][i] in registers. Tiling the v channels keeps that accumulator
-// at 16 registers per thread whatever Cv is (DANet: 512); the price is that each of the
-// Cv/64 channel tiles recomputes the energies (2*N^2*Cqk each, a fraction of the
-// 2*N^2*Cv of P.V when Cqk = Cv/8). The per-row log-sum-exp is written for backward.
+// Forward, fp16/bf16 (pam_forward_mma_kernel): FlashAttention-2's structure on the
+// warp-level tensor-core instructions of mma.cuh. One block of 4 warps per (query tile of
+// 64, v-channel tile of 128, batch item); warp w owns query rows 16w..16w+15 of the tile.
+// Per key tile of 64: S = q^T k stays in the warps' registers as mma accumulator
+// fragments, the online softmax runs on those fragments (row max and sum over the 4 lanes
+// of a fragment row by shuffles), and P is repacked in registers as the A operand of P.V;
+// nothing of S or P goes through shared memory. k and v tiles come in by cp.async, double
+// buffered (tile j+1 loads while tile j computes), and reach the mma through ldmatrix
+// (.trans where the channel-first layout needs it). Splitting the 512 v channels of DANet
+// over 4 blocks (grid.y) keeps the per-thread accumulator at 64 fp32 registers; the price
+// is that each recomputes S (2*N^2*Cqk each): 2*N^2*(4*Cqk + Cv) FLOPs in all, 1.33x the
+// minimum 2*N^2*(Cqk + Cv) at Cqk = Cv/8 (64-channel tiles, as pam_forward_kernel's: 1.78x).
+// 256 channels per block would halve the recomputation (2*N^2*(2*Cqk + Cv), 1.11x) but
+// doubles the accumulator: for sm_90 ptxas gives 247 registers (no spill) against 164, so 2 blocks
+// (8 warps) per SM instead of 3; which wins needs a GPU to measure.
+// fp32 (and half types where this kernel cannot run: GPUs before sm_80, or Cqk so large
+// that q and two k stages do not fit in shared memory) take pam_forward_kernel: one block
+// per (query tile of 64, v-channel tile of 64, batch item), 64x64 tiles staged in shared
+// memory, fp32 on SIMT FMAs, half types on WMMA (tile.cuh).
+// Both write the per-row log-sum-exp (natural log) for backward.
 //
 // Backward is deterministic (no atomics), FA2-style with P recomputed from the LSE:
 //   preprocess: rowdot[i] = sum_c dout[c][i] o[c][i]; delta = gamma * rowdot;
@@ -21,6 +35,7 @@
 // zeros, get P = 0, and are never stored.
 #pragma once
 
+#include "mma.cuh"
 #include "tile.cuh"
 
 namespace danet {
@@ -36,6 +51,7 @@ struct PamArgs {
   const float* lse;   // [B, N] (backward; written by forward through lse_out)
   const float* delta; // [B, N] (backward)
   int cqk, cv, n;
+  int ld;             // row stride of q, k, v in pam_forward_mma_kernel (a multiple of 8, >= n)
   float scale;
 };
 
@@ -206,6 +222,244 @@ pam_forward_kernel(PamArgs<T> p, T* out, T* o_raw, float* lse_out) {
       }
     }
   }
+}
+
+// ---- forward on mma.sync (fp16/bf16) --------------------------------------------------
+
+namespace pam_mma {
+constexpr int WARPS = 4;
+constexpr int BLOCK_THREADS = 32 * WARPS;
+constexpr int BM = 16 * WARPS;  // query rows per block, 16 per warp
+constexpr int BN = 64;          // keys per tile
+constexpr int CVT = 128;        // v channels per block: 64 fp32 accumulator registers per thread
+// Shared rows run along positions (query or key), padded from 64 to 72 elements: 144
+// bytes, so the 8 row addresses of an ldmatrix fall on distinct banks, and a multiple of
+// 16 bytes, as ldmatrix and cp.async need.
+constexpr int PITCH = BN + 8;
+constexpr int OPITCH = BM + 4;  // fp32 O^T staging for the epilogue (conflict-free writes)
+static_assert(BM == BN, "q and k tiles share the shared-memory row layout");
+static_assert(CVT * OPITCH * 4 <= 2 * CVT * PITCH * 2, "the O^T staging reuses the two v stages");
+
+constexpr int cqk_padded(int cqk) { return (cqk + 15) / 16 * 16; }
+// Dynamic shared memory of a block (elements are 2 bytes): q, two k stages, two v stages.
+inline size_t smem_bytes(int cqk) {
+  return static_cast<size_t>(3 * cqk_padded(cqk) + 2 * CVT) * PITCH * 2;
+}
+}  // namespace pam_mma
+
+// Stage rows [0, rows) x positions [p0, p0 + 64) of a row-major matrix with row stride ld
+// (a multiple of 8, the source 16-byte aligned) into dst[r * PITCH + j] by 16-byte
+// cp.async copies; rows from rows_valid on and positions from ld on are zero-filled.
+template <typename T>
+__device__ __forceinline__ void stage_async(T* dst, const T* src, int rows, int rows_valid, int ld,
+                                            int p0) {
+  using namespace pam_mma;
+  for (int e = threadIdx.x; e < rows * (BN / 8); e += BLOCK_THREADS) {
+    const int r = e / (BN / 8), pos = p0 + 8 * (e % (BN / 8));
+    const bool ok = r < rows_valid && pos < ld;
+    mma::cp_async_cg16(dst + r * PITCH + (pos - p0), ok ? src + (int64_t)r * ld + pos : src,
+                       ok ? 16 : 0);
+  }
+}
+
+// In the fragments below, g = lane / 4 and t = lane % 4 (mma.cuh); the warp's rows are
+// i0 + 16 warp + g (fragment elements 0, 1) and + g + 8 (elements 2, 3).
+// q, k, v are read with row stride p.ld (pam.cu pads them to a multiple of 8 positions,
+// with zeros, where N is not one); out, o_raw, residual are dense [B, Cv, N].
+template <typename T>
+__global__ void __launch_bounds__(pam_mma::BLOCK_THREADS)
+pam_forward_mma_kernel(PamArgs<T> p, T* out, T* o_raw, float* lse_out) {
+#if DANET_HAS_MMA
+  using namespace pam_mma;
+  using E = typename wmma_elem<T>::type;
+  DANET_DYNAMIC_SMEM(smem);
+  const int cqk = p.cqk, cv = p.cv, n = p.n, ld = p.ld;
+  const int cqkp = cqk_padded(cqk);
+  T* qs = reinterpret_cast<T*>(smem);  // q[c][i0 + i], c < cqkp
+  T* ks = qs + cqkp * PITCH;           // two stages of k[c][j0 + j]
+  T* vs = ks + 2 * cqkp * PITCH;       // two stages of v[c0 + c][j0 + j], c < CVT
+  float* os = reinterpret_cast<float*>(vs);  // after the key loop: O^T[c][i], pitch OPITCH
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int lr = lane % 8, lm = lane / 8;  // ldmatrix: the row this lane addresses, of matrix lm
+  const int i0 = blockIdx.x * BM, c0 = blockIdx.y * CVT, b = blockIdx.z;
+  const T* q = p.q + (int64_t)b * cqk * ld;
+  const T* k = p.k + (int64_t)b * cqk * ld;
+  const T* v = p.v + ((int64_t)b * cv + c0) * ld;
+  const int tiles = (n + BN - 1) / BN;
+
+  stage_async(qs, q, cqkp, cqk, ld, i0);
+  stage_async(ks, k, cqkp, cqk, ld, 0);
+  stage_async(vs, v, CVT, cv - c0, ld, 0);
+  mma::cp_async_commit();
+
+  float m[2] = {-INFINITY, -INFINITY};  // running row max (identical in the row's 4 lanes)
+  float l[2] = {0.0f, 0.0f};            // this lane's part of the running row sum
+  float o[CVT / 8][4];                  // O[i][c0 + 8 nc + 2t + e % 2]
+#pragma unroll
+  for (int nc = 0; nc < CVT / 8; ++nc)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[nc][e] = 0.0f;
+
+  for (int tile = 0; tile < tiles; ++tile) {
+    const int j0 = tile * BN, st = tile % 2;
+    if (tile + 1 < tiles) {  // prefetch the next tile into the other stage
+      stage_async(ks + (st ^ 1) * cqkp * PITCH, k, cqkp, cqk, ld, j0 + BN);
+      stage_async(vs + (st ^ 1) * CVT * PITCH, v, CVT, cv - c0, ld, j0 + BN);
+      mma::cp_async_commit();
+      mma::cp_async_wait<1>();  // this tile's group (and q's) has landed
+    } else {
+      mma::cp_async_wait<0>();
+    }
+    __syncthreads();
+    const T* kt = ks + st * cqkp * PITCH;
+    const T* vt = vs + st * CVT * PITCH;
+
+    // S[i][j] = sum_c q[c][i] k[c][j]: A = q^T and B = k are both stored channel-major,
+    // so both come through ldmatrix.trans. A's matrices: (rows, channels) 0-7/0-7,
+    // 8-15/0-7, 0-7/8-15, 8-15/8-15; B's, for keys 16 np + 0-7 then + 8-15: channels 0-7, 8-15.
+    float s[BN / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nt][e] = 0.0f;
+    for (int kc = 0; kc < cqkp; kc += 16) {
+      uint32_t a[4];
+      mma::ldmatrix_x4_trans(a, qs + (kc + lr + 8 * (lm / 2)) * PITCH + 16 * warp + 8 * (lm % 2));
+#pragma unroll
+      for (int np = 0; np < BN / 16; ++np) {
+        uint32_t bk[4];
+        mma::ldmatrix_x4_trans(bk, kt + (kc + lr + 8 * (lm % 2)) * PITCH + 16 * np + 8 * (lm / 2));
+        mma::mma_16816<E>(s[2 * np], a, bk[0], bk[1]);
+        mma::mma_16816<E>(s[2 * np + 1], a, bk[2], bk[3]);
+      }
+    }
+
+    // Online softmax on the fragments: row g (h = 0) and g + 8 (h = 1) of the warp, key
+    // j0 + 8 nt + 2t + e % 2. Every key tile holds at least one valid key, so the new max
+    // is finite for finite inputs and alpha = exp(m_old - m_new) is 0 on the first tile.
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float tile_max = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          s[nt][2 * h + e] *= p.scale;
+          if (j0 + 8 * nt + 2 * t + e < n) tile_max = fmaxf(tile_max, s[nt][2 * h + e]);
+        }
+      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+      const float m_new = fmaxf(m[h], tile_max);
+      const float alpha = expf(m[h] - m_new);
+      float row_sum = 0.0f;
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float pv = j0 + 8 * nt + 2 * t + e < n ? expf(s[nt][2 * h + e] - m_new) : 0.0f;
+          s[nt][2 * h + e] = pv;
+          row_sum += pv;
+        }
+      l[h] = l[h] * alpha + row_sum;
+      m[h] = m_new;
+#pragma unroll
+      for (int nc = 0; nc < CVT / 8; ++nc) {
+        o[nc][2 * h] *= alpha;
+        o[nc][2 * h + 1] *= alpha;
+      }
+    }
+
+    // O[i][c] += sum_j P[i][j] v[c][j]. P's A fragment for keys 16 kj..16 kj + 15 is the
+    // accumulator fragments of S tiles 2 kj and 2 kj + 1, rounded to E in registers. B =
+    // v^T with v stored [c][j], j contiguous: plain ldmatrix, matrices (channels, keys)
+    // 0-7/0-7, 0-7/8-15, 8-15/0-7, 8-15/8-15 of the 16-channel pair cp.
+#pragma unroll
+    for (int kj = 0; kj < BN / 16; ++kj) {
+      uint32_t pa[4];
+      pa[0] = mma::pack2<E>(s[2 * kj][0], s[2 * kj][1]);
+      pa[1] = mma::pack2<E>(s[2 * kj][2], s[2 * kj][3]);
+      pa[2] = mma::pack2<E>(s[2 * kj + 1][0], s[2 * kj + 1][1]);
+      pa[3] = mma::pack2<E>(s[2 * kj + 1][2], s[2 * kj + 1][3]);
+#pragma unroll
+      for (int cp = 0; cp < CVT / 16; ++cp) {
+        if (c0 + 16 * cp < cv) {  // warp-uniform: channel pairs past Cv hold zeros only
+          uint32_t bv[4];
+          mma::ldmatrix_x4(bv, vt + (16 * cp + lr + 8 * (lm / 2)) * PITCH + 16 * kj + 8 * (lm % 2));
+          mma::mma_16816<E>(o[2 * cp], pa, bv[0], bv[1]);
+          mma::mma_16816<E>(o[2 * cp + 1], pa, bv[2], bv[3]);
+        }
+      }
+    }
+    __syncthreads();  // every warp is done with this stage before it is refilled
+  }
+
+  // Row sums over the row's 4 lanes; lse = m + log(l) (natural log) from block column 0.
+  float inv_l[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
+    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
+    inv_l[h] = 1.0f / l[h];
+    const int i = i0 + 16 * warp + g + 8 * h;
+    if (blockIdx.y == 0 && t == 0 && i < n) lse_out[(int64_t)b * n + i] = m[h] + logf(l[h]);
+  }
+  // O^T through shared fp32 (the v stages are free: the loop ended on a barrier and no
+  // copy is in flight), so that consecutive threads store consecutive positions.
+#pragma unroll
+  for (int nc = 0; nc < CVT / 8; ++nc)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      os[(8 * nc + 2 * t + e % 2) * OPITCH + 16 * warp + g + 8 * (e / 2)] = o[nc][e] * inv_l[e / 2];
+  __syncthreads();
+  const float gm = scalar_or_one(p.gamma);
+  const auto aligned = [](const void* x) { return reinterpret_cast<uintptr_t>(x) % 16 == 0; };
+  if (n % 8 == 0 && aligned(out) && aligned(o_raw) && aligned(p.residual)) {
+    // 8 positions per thread with 128-bit global loads and stores (every row starts on a
+    // 16-byte boundary, and i < n for all 8 once it holds for the first).
+    for (int e = threadIdx.x; e < CVT * BM / 8; e += BLOCK_THREADS) {
+      const int cc = e / (BM / 8), ii = 8 * (e % (BM / 8));
+      const int c = c0 + cc, i = i0 + ii;
+      if (c < cv && i < n) {
+        const int64_t idx = ((int64_t)b * cv + c) * n + i;
+        T res[8], ob[8], rb[8];
+        if (p.residual) {
+          const uint4 r = mma::ld_global_128(p.residual + idx);
+          memcpy(res, &r, 16);
+        }
+#pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const float ov = os[cc * OPITCH + ii + u];
+          ob[u] = from_float<T>(ov);
+          rb[u] = from_float<T>(p.residual ? ov * gm + to_float(res[u]) : ov * gm);
+        }
+        uint4 w;
+        if (o_raw) {
+          memcpy(&w, ob, 16);
+          mma::st_global_128(o_raw + idx, w);
+        }
+        memcpy(&w, rb, 16);
+        mma::st_global_128(out + idx, w);
+      }
+    }
+  } else {
+    for (int e = threadIdx.x; e < CVT * BM; e += BLOCK_THREADS) {
+      const int cc = e / BM, ii = e % BM;
+      const int c = c0 + cc, i = i0 + ii;
+      if (c < cv && i < n) {
+        const int64_t idx = ((int64_t)b * cv + c) * n + i;
+        const float ov = os[cc * OPITCH + ii];
+        if (o_raw) o_raw[idx] = from_float<T>(ov);
+        float r = ov * gm;
+        if (p.residual) r += to_float(p.residual[idx]);
+        out[idx] = from_float<T>(r);
+      }
+    }
+  }
+#else
+  __trap();  // the host dispatch launches this kernel on sm_80 and newer only
+#endif
 }
 
 // ---- backward -----------------------------------------------------------------------

@@ -46,17 +46,19 @@ def _entry(lib, name: str, dtype: torch.dtype):
     return getattr(lib, name + SUFFIX[dtype])
 
 
-def pam_forward(lib, q, k, v, gamma, residual, scale):
+def pam_forward(lib, q, k, v, gamma, residual, scale, legacy=False):
     """-> (out, o, lse) from NaN-poisoned buffers; o the raw attention output (always written).
 
     q, k ``[B, Cqk, N]``, v and residual ``[B, Cv, N]`` contiguous, one dtype; gamma a 0-dim
-    float32 tensor or None."""
+    float32 tensor or None. fp16/bf16 run the mma.sync kernel as the extension does on
+    sm_80+; ``legacy`` runs the 64x64 tile kernel instead (fp32's, and the half types' on
+    older GPUs or with too large a Cqk)."""
     b, cqk, n = q.shape
     cv = v.shape[1]
     out, o = torch.full_like(v, float("nan")), torch.full_like(v, float("nan"))
     lse = torch.full((b, n), float("nan"))
     i = ctypes.c_int
-    _entry(lib, "emu_pam_forward", q.dtype)(
+    _entry(lib, "emu_pam_forward_legacy" if legacy else "emu_pam_forward", q.dtype)(
         _ptr(q), _ptr(k), _ptr(v), _ptr(residual), _ptr(gamma), _ptr(out), _ptr(o), _ptr(lse),
         i(b), i(cqk), i(cv), i(n), ctypes.c_float(scale))
     return out, o, lse

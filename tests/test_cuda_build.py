@@ -134,9 +134,12 @@ def test_sources_are_found():
 # --- the kernels themselves, on the CPU ----------------------------------------------------
 # csrc/emulation/ compiles the real kernel code as C++ with a thin CUDA shim (a thread per
 # CUDA thread, barriers for __syncthreads and shuffles), so the fp32 kernels' indexing,
-# ragged-edge masking and synchronisation are exercised here without a GPU. fp16/bf16 run
-# the tensor-core (WMMA) tile product, emulated by the shim (fp16/bf16 operands rounded
-# as on the GPU, fp32 accumulation), so their tiling and fragment layouts are checked too.
+# ragged-edge masking and synchronisation are exercised here without a GPU. fp16/bf16 PAM
+# forward runs the mma.sync kernel (mma.sync, ldmatrix, cp.async emulated as warp
+# collectives with the PTX ISA's fragment layouts, which tests/test_cuda_mma.py pins down);
+# the other fp16/bf16 kernels, and PAM forward with legacy=True (what half types take on
+# GPUs before sm_80), run the WMMA tile product, emulated by the shim. Operands are rounded
+# to fp16/bf16 as on the GPU, accumulation is fp32.
 # Speed and real-GPU memcheck need tests/test_cuda_gpu.py. The library is built once per
 # session (conftest's emulated_kernels; calls in tests/cuda_emulation.py).
 
@@ -160,20 +163,26 @@ EMU_TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 HALF = [torch.float16, torch.bfloat16]
 
 
-@pytest.mark.parametrize("dtype,shape,scale,with_gamma,with_residual", [
-    (torch.float32, (2, 5, 70, 131), 1.0, True, True),    # ragged N, Cv over one tile, Cqk not a multiple of 16
-    (torch.float32, (1, 16, 64, 64), 0.7, False, False),  # exact tiles, no epilogue, scaled
-    (torch.float32, (1, 70, 20, 67), 1.0, True, False),   # Cqk over one tile
-    *[(dt, (1, 5, 70, 131), 1.0, True, True) for dt in HALF],   # WMMA path, ragged everywhere
-    *[(dt, (1, 70, 20, 67), 0.7, False, False) for dt in HALF],
+@pytest.mark.parametrize("dtype,shape,scale,with_gamma,with_residual,legacy", [
+    (torch.float32, (2, 5, 70, 131), 1.0, True, True, False),    # ragged N, Cv over one tile, Cqk not a multiple of 16
+    (torch.float32, (1, 16, 64, 64), 0.7, False, False, False),  # exact tiles, no epilogue, scaled
+    (torch.float32, (1, 70, 20, 67), 1.0, True, False, False),   # Cqk over one tile
+    # mma.sync forward: ragged N (padded rows), Cqk not a multiple of 16, Cv under one
+    # 128-channel block; Cqk over 64; batch 2 with N a multiple of 8 over two key tiles and
+    # Cv over one block (two channel blocks, the second nearly empty).
+    *[(dt, (1, 5, 70, 131), 1.0, True, True, False) for dt in HALF],
+    *[(dt, (1, 70, 20, 67), 0.7, False, False, False) for dt in HALF],
+    *[(dt, (2, 16, 130, 136), 1.0, True, True, False) for dt in HALF],
+    *[(dt, (1, 5, 70, 131), 1.0, True, True, True) for dt in HALF],  # the WMMA tile forward
 ])
-def test_emulated_pam_kernels_match_chunked(emulated_kernels, dtype, shape, scale, with_gamma, with_residual):
+def test_emulated_pam_kernels_match_chunked(emulated_kernels, dtype, shape, scale, with_gamma, with_residual,
+                                            legacy):
     b, cqk, cv, n = shape
     tol = EMU_TOL[dtype]
     q, k, v, res, dout = (torch.randn(b, c, n).to(dtype) for c in (cqk, cqk, cv, cv, cv))
     gamma = torch.tensor(0.75) if with_gamma else None
     res = res if with_residual else None
-    out, o, lse = cuda_emulation.pam_forward(emulated_kernels, q, k, v, gamma, res, scale)
+    out, o, lse = cuda_emulation.pam_forward(emulated_kernels, q, k, v, gamma, res, scale, legacy=legacy)
     ref_out, ref_lse, ref_o = chunked.pam_forward(_d(q), _d(k), _d(v), _d(gamma), _d(res), scale, True)
     ref_o = ref_out if ref_o.numel() == 0 else ref_o
     assert rel_err(out, ref_out) <= tol

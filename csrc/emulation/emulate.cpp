@@ -2,7 +2,11 @@
 // ../cam_kernels.cuh, launched with the same grids and arguments as the host wrappers in
 // ../pam.cu and ../cam.cu. Built and compared with the pure-PyTorch backend by
 // tests/test_cuda_build.py; plain g++ -std=c++20 -pthread, no CUDA or torch needed.
+// Also one warp's mma.sync / ldmatrix / cp.async of ../mma.cuh on given registers and
+// matrices (emu_mma_m16n8k16*, emu_ldmatrix_x4, emu_cp_async16), for tests/test_cuda_mma.py.
 #include "cuda_shim.h"
+
+#include <vector>
 
 #include "../pam_kernels.cuh"
 #include "../cam_kernels.cuh"
@@ -17,10 +21,23 @@ struct danet::wmma_elem<__nv_bfloat16> { using type = __nv_bfloat16; };
 
 // T: the tensors' dtype (float, __half, __nv_bfloat16; the half types have torch's bits);
 // lse, gamma, attention and the other fp32 intermediates are float as in ../pam.cu, ../cam.cu.
+// q, k, v rows with stride ld (a multiple of 8), zero-padded, as ../pam.cu hands them to
+// pam_forward_mma_kernel when N is not a multiple of 8.
+template <typename T>
+static std::vector<T> padded_rows(const T* x, int rows, int n, int ld) {
+  std::vector<T> y((size_t)rows * ld, T(0.0f));
+  for (int r = 0; r < rows; ++r)
+    for (int j = 0; j < n; ++j) y[(size_t)r * ld + j] = x[(size_t)r * n + j];
+  return y;
+}
+
+// legacy: the 64x64 tile kernel for every dtype (the half types take it only on GPUs before
+// sm_80 or when q and k do not fit in shared memory); otherwise fp16/bf16 run the mma.sync
+// kernel, as ../pam.cu dispatches on sm_80+.
 template <typename T>
 static void pam_forward(const T* q, const T* k, const T* v, const T* residual,
                         const float* gamma, T* out, T* o, float* lse, int batch, int cqk,
-                        int cv, int n, float scale) {
+                        int cv, int n, float scale, bool legacy = false) {
   PamArgs<T> p{};
   p.q = q;
   p.k = k;
@@ -31,8 +48,28 @@ static void pam_forward(const T* q, const T* k, const T* v, const T* residual,
   p.cv = cv;
   p.n = n;
   p.scale = scale;
-  emu_launch(dim3(ceil_div(n, TILE), ceil_div(cv, TILE), batch), THREADS,
-             [&] { pam_forward_kernel<T>(p, out, o, lse); });
+  if (std::is_same<T, float>::value || legacy) {
+    emu_launch(dim3(ceil_div(n, TILE), ceil_div(cv, TILE), batch), THREADS,
+               [&] { pam_forward_kernel<T>(p, out, o, lse); });
+  } else if constexpr (!std::is_same<T, float>::value) {
+    // As ../pam.cu: rows used in place when N is a multiple of 8 and the buffers are
+    // 16-byte aligned, else copied with zero padding to ld = N rounded up to 8.
+    const auto aligned = [](const void* x) { return reinterpret_cast<uintptr_t>(x) % 16 == 0; };
+    const bool direct = n % 8 == 0 && aligned(q) && aligned(k) && aligned(v);
+    const int ld = direct ? n : (n + 7) / 8 * 8;
+    std::vector<T> qp, kp, vp;
+    if (!direct) {
+      qp = padded_rows(q, batch * cqk, n, ld);
+      kp = padded_rows(k, batch * cqk, n, ld);
+      vp = padded_rows(v, batch * cv, n, ld);
+      p.q = qp.data();
+      p.k = kp.data();
+      p.v = vp.data();
+    }
+    p.ld = ld;
+    emu_launch(dim3(ceil_div(n, pam_mma::BM), ceil_div(cv, pam_mma::CVT), batch), pam_mma::BLOCK_THREADS,
+               [&] { pam_forward_mma_kernel<T>(p, out, o, lse); }, pam_mma::smem_bytes(cqk));
+  }
 }
 
 template <typename T>
@@ -166,6 +203,12 @@ static void cam_backward(const T* dout, const T* x, const float* attn, const flo
     pam_forward<T>((const T*)q, (const T*)k, (const T*)v, (const T*)residual, gamma, (T*)out,   \
                    (T*)o, lse, batch, cqk, cv, n, scale);                                       \
   }                                                                                             \
+  extern "C" void emu_pam_forward_legacy##SUFFIX(                                               \
+      const void* q, const void* k, const void* v, const void* residual, const float* gamma,    \
+      void* out, void* o, float* lse, int batch, int cqk, int cv, int n, float scale) {         \
+    pam_forward<T>((const T*)q, (const T*)k, (const T*)v, (const T*)residual, gamma, (T*)out,   \
+                   (T*)o, lse, batch, cqk, cv, n, scale, true);                                 \
+  }                                                                                             \
   extern "C" void emu_pam_backward##SUFFIX(                                                     \
       const void* dout, const void* q, const void* k, const void* v, const float* gamma,        \
       const void* o, const float* lse, void* dq, void* dk, void* dv, float* rowdot,             \
@@ -190,3 +233,57 @@ static void cam_backward(const T* dout, const T* x, const float* attn, const flo
 DANET_EMU_EXPORT(, float)
 DANET_EMU_EXPORT(_f16, __half)
 DANET_EMU_EXPORT(_bf16, __nv_bfloat16)
+
+// ---- one warp of ../mma.cuh ----------------------------------------------------------------
+// a [32][4], b [32][2], d [32][4]: each lane's fragment registers (d holds C on entry, D on
+// return); the caller lays the matrices out in them by the PTX ISA's m16n8k16 layout.
+template <typename E>
+static void emu_mma(const uint32_t* a, const uint32_t* b, float* d) {
+  emu_launch(dim3(1), 32, [&] {
+    const int lane = threadIdx.x;
+    uint32_t ra[4];
+    float rd[4];
+    for (int r = 0; r < 4; ++r) {
+      ra[r] = a[4 * lane + r];
+      rd[r] = d[4 * lane + r];
+    }
+    danet::mma::mma_16816<E>(rd, ra, b[2 * lane], b[2 * lane + 1]);
+    for (int r = 0; r < 4; ++r) d[4 * lane + r] = rd[r];
+  });
+}
+extern "C" void emu_mma_m16n8k16_f16(const uint32_t* a, const uint32_t* b, float* d) { emu_mma<__half>(a, b, d); }
+extern "C" void emu_mma_m16n8k16_bf16(const uint32_t* a, const uint32_t* b, float* d) {
+  emu_mma<__nv_bfloat16>(a, b, d);
+}
+
+// rows: 32 rows of 8 16-bit elements, row 8m + r being row r of matrix m. They are placed in
+// a shared buffer with a padded pitch, lane l gives the address of row rows_of_lane[l], and
+// regs [32][4] receives each lane's registers from ldmatrix.x4 (.trans if trans).
+extern "C" void emu_ldmatrix_x4(const uint16_t* rows, const int* rows_of_lane, int trans, uint32_t* regs) {
+  constexpr int PITCH = 24;  // elements: 48 bytes, rows 16-byte aligned, not contiguous
+  emu_launch(dim3(1), 32, [&] {
+    __shared__ __align__(16) uint16_t buf[32 * PITCH];
+    const int lane = threadIdx.x;
+    for (int c = 0; c < 8; ++c) buf[lane * PITCH + c] = rows[8 * lane + c];
+    __syncthreads();
+    uint32_t r[4];
+    const uint16_t* row = buf + rows_of_lane[lane] * PITCH;
+    if (trans) {
+      danet::mma::ldmatrix_x4_trans(r, row);
+    } else {
+      danet::mma::ldmatrix_x4(r, row);
+    }
+    for (int m = 0; m < 4; ++m) regs[4 * lane + m] = r[m];
+  });
+}
+
+// One cp.async of 16 bytes with src_bytes (0..16) read, as a one-thread launch; before[16]
+// receives the destination as it is between the commit and the wait.
+extern "C" void emu_cp_async16(void* dst, const void* src, int src_bytes, unsigned char* before) {
+  emu_launch(dim3(1), 1, [&] {
+    danet::mma::cp_async_cg16(dst, src, src_bytes);
+    danet::mma::cp_async_commit();
+    std::memcpy(before, dst, 16);
+    danet::mma::cp_async_wait<0>();
+  });
+}

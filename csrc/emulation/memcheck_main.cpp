@@ -19,14 +19,16 @@ static std::vector<T> rnd(size_t n, std::mt19937& g) {
 }
 
 // One dtype: fp32 runs the SIMT path, the half types the (emulated) WMMA path with its own
-// shared-tile layout, so each layout is bounds-checked.
+// shared-tile layout and, for PAM forward, the mma.sync kernel (its dynamic shared memory
+// allocated to the exact size) as well as the WMMA tile kernel, so each layout is
+// bounds-checked.
 template <typename T>
 static void run_all(std::mt19937& g) {
   // Every tile edge, one size at a time around a ragged base: one under and over the output
   // tile (TILE) and the reduction chunk (KC), a single element, more than two tiles.
   std::vector<std::array<int, 4>> pam_shapes{{2, 3, 9, 17}, {1, 64, 64, 64}, {1, 1, 1, 1}};
   for (int cqk : {KC - 1, KC + 1, TILE + 1}) pam_shapes.push_back({1, cqk, TILE + 1, TILE - 1});
-  for (int cv : {1, TILE - 1}) pam_shapes.push_back({1, KC + 1, cv, TILE + 1});
+  for (int cv : {1, TILE - 1, 2 * TILE + 1}) pam_shapes.push_back({1, KC + 1, cv, TILE + 1});
   for (int n : {TILE - 1, 2 * TILE + 1}) pam_shapes.push_back({1, KC - 1, TILE + 1, n});
   for (const auto& s : pam_shapes) {
     const int b = s[0], cqk = s[1], cv = s[2], n = s[3];
@@ -36,6 +38,9 @@ static void run_all(std::mt19937& g) {
     std::vector<float> gamma{0.5f}, lse((size_t)b * n);
     std::vector<T> dq(q.size()), dk(k.size()), dv(v.size());
     std::vector<float> rowdot((size_t)b * n), delta((size_t)b * n), dg(1);
+    if (!std::is_same<T, float>::value)
+      pam_forward<T>(q.data(), k.data(), v.data(), res.data(), gamma.data(), out.data(), o.data(), lse.data(), b, cqk,
+                     cv, n, 1.0f, /*legacy=*/true);
     pam_forward<T>(q.data(), k.data(), v.data(), res.data(), gamma.data(), out.data(), o.data(), lse.data(), b, cqk, cv, n, 1.0f);
     pam_backward<T>(dout.data(), q.data(), k.data(), v.data(), gamma.data(), o.data(), lse.data(), dq.data(), dk.data(),
                     dv.data(), rowdot.data(), delta.data(), dg.data(), b, cqk, cv, n, 1.0f);
