@@ -48,7 +48,7 @@ except ImportError:  # Windows: no flock; concurrent first builds are not serial
 logger = logging.getLogger(__name__)
 
 SOURCES = ("bindings.cpp", "pam.cu", "cam.cu")
-HEADERS = ("common.cuh", "tile.cuh", "pam_kernels.cuh", "cam_kernels.cuh")
+HEADERS = ("common.cuh", "tile.cuh", "mma.cuh", "pam_kernels.cuh", "cam_kernels.cuh")
 DEFAULT_ARCH_LIST = "8.0;9.0"
 # -O3 but no --use_fast_math: exp/log stay IEEE-accurate (the fp32 softmax relies on it)
 # and no flush-to-zero. -lineinfo lets compute-sanitizer and profilers map to source lines.
