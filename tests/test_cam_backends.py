@@ -3,61 +3,34 @@ import pytest
 import torch
 
 import danet_ops
-from helpers import rel_err, sum_err
-
-
-def _inputs(batch, channels, n, dtype=torch.float32, magnitude=0.3):
-    x = (torch.randn(batch, channels, n) * magnitude).to(dtype).requires_grad_()
-    gamma = torch.tensor(0.75, requires_grad=True)
-    return x, gamma
-
-
-def _check_against_reference(x, gamma, backend, tol):
-    out = danet_ops.channel_attention(x, gamma=gamma, backend=backend)
-    dout = torch.randn_like(out)
-    dx, dgamma = torch.autograd.grad(out, (x, gamma), dout)
-    x64, g64 = x.detach().double().requires_grad_(), gamma.detach().double().requires_grad_()
-    ref = danet_ops.channel_attention_reference(x64, g64)
-    rdx, rdgamma = torch.autograd.grad(ref, (x64, g64), dout.double())
-    raw = danet_ops.channel_attention_reference(x64.detach())
-    assert out.dtype == x.dtype and torch.isfinite(out).all()
-    assert rel_err(out, ref) < tol
-    assert rel_err(dx, rdx) < tol
-    assert sum_err(dgamma, rdgamma, dout.double() * raw) < tol
+from helpers import check_cam, rel_err
 
 
 @pytest.mark.parametrize("backend", ["eager", "chunked"])
 @pytest.mark.parametrize("batch,channels,n", [(1, 16, 221), (3, 64, 221), (1, 512, 221), (1, 16, 9409)])
 def test_cam_matches_float64_reference(backend, batch, channels, n):
-    x, gamma = _inputs(batch, channels, n, magnitude=(1.0 / n) ** 0.5 * 3)
-    _check_against_reference(x, gamma, backend, 1e-5)
+    check_cam(backend, (batch, channels, n), gamma=0.75, magnitude=(1.0 / n) ** 0.5 * 3)
 
 
 def test_cam_unscaled_inputs_one_hot_softmax():
-    x, gamma = _inputs(2, 24, 37, magnitude=1.0)
-    _check_against_reference(x, gamma, "chunked", 1e-5)
+    check_cam("chunked", (2, 24, 37), gamma=0.75, magnitude=1.0)
 
 
 def test_cam_without_gamma_has_no_residual():
-    x = torch.randn(2, 8, 30) * 0.2
-    out = danet_ops.channel_attention(x, backend="chunked")
-    ref = danet_ops.channel_attention_reference(x.double())
-    assert rel_err(out, ref) < 1e-5
-    assert rel_err(out, x) > 0.1  # the residual was not added
+    run = check_cam("chunked", (2, 8, 30), gamma=None, magnitude=0.2)
+    assert rel_err(run.out, run.inputs["x"]) > 0.1  # the residual was not added
 
 
 def test_cam_half_gram_overflow_stays_right():
     """Σx² over 221 positions at |x|~20 passes 65504: eager fp16 gives inf/NaN, chunked not."""
-    x, gamma = _inputs(1, 16, 221, dtype=torch.float16, magnitude=20.0)
-    eager = danet_ops.channel_attention(x, gamma=gamma, backend="eager")
+    run = check_cam("chunked", (1, 16, 221), dtype=torch.float16, gamma=0.75, magnitude=20.0)
+    eager = danet_ops.channel_attention(run.inputs["x"], gamma=run.inputs["gamma"], backend="eager")
     assert not torch.isfinite(eager).all(), "premise: eager fp16 overflows here"
-    _check_against_reference(x, gamma, "chunked", 1e-2)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cam_chunked_half_dtypes(dtype):
-    x, gamma = _inputs(2, 32, 221, dtype=dtype, magnitude=0.2)
-    _check_against_reference(x, gamma, "chunked", 1e-2 if dtype == torch.float16 else 3e-2)
+    check_cam("chunked", (2, 32, 221), dtype=dtype, gamma=0.75, magnitude=0.2)
 
 
 def test_cam_gradcheck_float64():

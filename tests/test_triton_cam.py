@@ -9,49 +9,14 @@ import torch
 
 import danet_ops
 from danet_ops import ops
-from tests.helpers import rel_err
+from helpers import cam_reference, check_cam, rel_err, run_cam, tolerance
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-TOL = {torch.float32: 1e-5, torch.float16: 1e-2}
 
 pytestmark = pytest.mark.skipif(
     danet_ops.backends.unavailable_reason("triton", torch.device(DEVICE)) is not None,
     reason="the triton backend cannot run here",
 )
-
-
-def _inputs(shape, dtype, scale, with_gamma):
-    x = (torch.randn(*shape, device=DEVICE) * scale).to(dtype).requires_grad_()
-    gamma = torch.tensor(0.7, device=DEVICE, requires_grad=True) if with_gamma else None
-    return x, gamma
-
-
-def _run(x, gamma, dout, backend="triton"):
-    """Output and gradients (x, and gamma when given) of channel_attention."""
-    out = danet_ops.channel_attention(x, gamma=gamma, backend=backend)
-    leaves = [x] if gamma is None else [x, gamma]
-    return out, torch.autograd.grad(out, leaves, dout)
-
-
-def _reference(x, gamma, dout):
-    """The same in float64, through the eager reference (mmseg's math)."""
-    x64 = x.detach().double().requires_grad_()
-    g64 = None if gamma is None else gamma.detach().double().requires_grad_()
-    out = danet_ops.channel_attention_reference(x64.flatten(2), g64).view(x.shape)
-    leaves = [x64] if g64 is None else [x64, g64]
-    return out, torch.autograd.grad(out, leaves, dout.double())
-
-
-def _check(x, gamma, tol, dout=None):
-    dout = torch.randn(x.shape, device=DEVICE).to(x.dtype) if dout is None else dout
-    out, grads = _run(x, gamma, dout)
-    ref, ref_grads = _reference(x, gamma, dout)
-    assert out.dtype == x.dtype and out.shape == x.shape
-    assert rel_err(out, ref) <= tol, rel_err(out, ref)
-    for name, g, r in zip(("dx", "dgamma"), grads, ref_grads):
-        assert g.dtype == (x.dtype if name == "dx" else gamma.dtype)
-        assert g.shape == r.shape
-        assert rel_err(g, r) <= tol, (name, rel_err(g, r))
 
 
 # C = 8 and 24 fit one 32-wide tile (24 masked); C = 40 and 64 span two, so the Gram's
@@ -61,46 +26,46 @@ def _check(x, gamma, tol, dout=None):
 @pytest.mark.parametrize("with_gamma", [True, False], ids=["gamma", "no_gamma"])
 @pytest.mark.parametrize("shape", [(1, 8, 37), (2, 24, 13, 17), (1, 64, 13, 17), (2, 40, 37)], ids=str)
 def test_matches_float64_reference(shape, dtype, with_gamma):
-    x, gamma = _inputs(shape, dtype, scale=0.2, with_gamma=with_gamma)
-    _check(x, gamma, TOL[dtype])
+    run = check_cam("triton", shape, dtype=dtype, device=DEVICE, gamma=0.7 if with_gamma else None, magnitude=0.2)
+    for name, g in run.grads.items():
+        assert g.dtype == (dtype if name == "dx" else run.inputs["gamma"].dtype), name
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 def test_unscaled_inputs(dtype):
     """Unit-variance inputs: Gram entries in the hundreds, a near one-hot softmax."""
-    x, gamma = _inputs((2, 24, 13, 17), dtype, scale=1.0, with_gamma=True)
-    _check(x, gamma, TOL[dtype])
+    check_cam("triton", (2, 24, 13, 17), dtype=dtype, device=DEVICE, magnitude=1.0)
 
 
 def test_tf32_allowed():
     """With matmul precision "high", A·X and dx take the TF32 path (plain fp32 here in the
     interpreter); the Gram stays true fp32 either way."""
-    x, gamma = _inputs((2, 24, 37), torch.float32, scale=0.3, with_gamma=True)
     previous = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("high")
     try:
-        _check(x, gamma, 1e-5 if DEVICE == "cpu" else 5e-3)
+        check_cam("triton", (2, 24, 37), device=DEVICE, magnitude=0.3,
+                  regime="default" if DEVICE == "cpu" else "cam-tf32")
     finally:
         torch.set_float32_matmul_precision(previous)
 
 
 def test_fp16_gram_beyond_fp16_range():
     """Σx² > 65504: eager fp16 overflows to inf/NaN; the kernel keeps the Gram in fp32."""
-    x, gamma = _inputs((1, 16, 13, 17), torch.float16, scale=20.0, with_gamma=True)
+    run = check_cam("triton", (1, 16, 13, 17), dtype=torch.float16, device=DEVICE, magnitude=20.0)
+    x, gamma = run.inputs["x"], run.inputs["gamma"]
     assert (x.detach().float().flatten(2) ** 2).sum(-1).max() > 65504
     with torch.no_grad():
         eager = danet_ops.channel_attention(x, gamma=gamma, backend="eager")
     assert not torch.isfinite(eager).all()
-    _check(x, gamma, TOL[torch.float16])
 
 
 def test_expanded_grad_output():
     """out.sum().backward() hands over a stride-0 gradient: same as an explicit ones dout."""
-    x, gamma = _inputs((2, 24, 37), torch.float32, scale=0.3, with_gamma=True)
+    x = (torch.randn(2, 24, 37, device=DEVICE) * 0.3).requires_grad_()
+    gamma = torch.tensor(0.7, device=DEVICE, requires_grad=True)
     danet_ops.channel_attention(x, gamma=gamma, backend="triton").sum().backward()
-    dx_sum, dgamma_sum = x.grad.clone(), gamma.grad.clone()
-    _, (dx, dgamma) = _run(x, gamma, torch.ones(x.shape, device=DEVICE))
-    assert torch.equal(dx_sum, dx) and torch.equal(dgamma_sum, dgamma)
+    _, grads = run_cam("triton", x, gamma, torch.ones(x.shape, device=DEVICE))
+    assert torch.equal(x.grad, grads["dx"]) and torch.equal(gamma.grad, grads["dgamma"])
 
 
 def test_non_contiguous_input():
@@ -113,13 +78,14 @@ def test_non_contiguous_input():
         x_c = view.contiguous().requires_grad_()
         gamma = torch.tensor(0.7, device=DEVICE, requires_grad=True)
         dout = torch.randn(view.shape, device=DEVICE)
-        out, grads = _run(x, gamma, dout)
-        out_c, grads_c = _run(x_c, gamma, dout)
+        out, grads = run_cam("triton", x, gamma, dout)
+        out_c, grads_c = run_cam("triton", x_c, gamma, dout)
         assert torch.equal(out, out_c)
-        assert all(torch.equal(a, b) for a, b in zip(grads, grads_c))
-        ref, ref_grads = _reference(x, gamma, dout)
-        assert rel_err(out, ref) <= 1e-5
-        assert all(rel_err(a, b) <= 1e-5 for a, b in zip(grads, ref_grads))
+        assert all(torch.equal(grads[name], grads_c[name]) for name in grads)
+        ref, ref_grads = cam_reference(x, gamma, dout)
+        tol_out, tol_grad = tolerance(torch.float32)
+        assert rel_err(out, ref) <= tol_out
+        assert all(rel_err(grads[name], ref_grads[name]) <= tol_grad for name in grads)
 
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="interpreter split sizes; the GPU file checks its own")
@@ -134,29 +100,24 @@ def test_split_k_is_exercised():
 
 def test_deterministic():
     """Split-K partials are summed in a fixed order: bitwise equal run to run."""
-    x, gamma = _inputs((1, 8, 13, 17), torch.float32, scale=0.3, with_gamma=True)
+    x = torch.randn(1, 8, 13, 17, device=DEVICE) * 0.3
+    gamma = torch.tensor(0.7, device=DEVICE)
     dout = torch.randn(x.shape, device=DEVICE)
     previous = torch.are_deterministic_algorithms_enabled()
     try:
         for deterministic in (False, True):
             torch.use_deterministic_algorithms(deterministic)
-            first_out, first_grads = _run(x, gamma, dout)
-            out, grads = _run(x, gamma, dout)
+            first_out, first_grads = run_cam("triton", x, gamma, dout)
+            out, grads = run_cam("triton", x, gamma, dout)
             assert torch.equal(out, first_out)
-            assert all(torch.equal(a, b) for a, b in zip(grads, first_grads))
+            assert all(torch.equal(grads[name], first_grads[name]) for name in grads)
     finally:
         torch.use_deterministic_algorithms(previous)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 def test_agrees_with_chunked(dtype):
-    x, gamma = _inputs((2, 24, 13, 17), dtype, scale=0.3, with_gamma=True)
-    dout = torch.randn(x.shape, device=DEVICE).to(dtype)
-    out, grads = _run(x, gamma, dout)
-    out_c, grads_c = _run(x, gamma, dout, backend="chunked")
-    assert rel_err(out, out_c) <= TOL[dtype]
-    for g, gc in zip(grads, grads_c):
-        assert rel_err(g, gc) <= TOL[dtype]
+    check_cam("triton", (2, 24, 13, 17), dtype=dtype, device=DEVICE, magnitude=0.3, reference="chunked")
 
 
 def test_attention_matrix_saved_for_backward():
@@ -166,7 +127,7 @@ def test_attention_matrix_saved_for_backward():
     x64 = x.double()
     ref = torch.softmax(-torch.bmm(x64, x64.transpose(1, 2)), dim=-1)
     assert attn.dtype == torch.float32 and attn.shape == (2, 24, 24)
-    assert rel_err(attn, ref) <= 1e-5
+    assert rel_err(attn, ref) <= tolerance(torch.float32)[0]
 
 
 @pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")  # the interpreter's numpy min

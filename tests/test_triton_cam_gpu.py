@@ -8,11 +8,10 @@ import pytest
 import torch
 
 import danet_ops
-from tests.helpers import rel_err
+from helpers import check_cam, rel_err, run_cam
 
 pytestmark = pytest.mark.gpu
 
-TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 DTYPE_IDS = ["fp32", "fp16", "bf16"]
 
@@ -32,75 +31,39 @@ def _inputs(shape, dtype, scale=0.05):
     return x, gamma
 
 
-def _run(x, gamma, dout, backend="triton"):
-    out = danet_ops.channel_attention(x, gamma=gamma, backend=backend)
-    return out, torch.autograd.grad(out, [x, gamma], dout)
-
-
-def _reference(x, gamma, dout):
-    x64 = x.detach().double().requires_grad_()
-    g64 = gamma.detach().double().requires_grad_()
-    out = danet_ops.channel_attention_reference(x64.flatten(2), g64).view(x.shape)
-    return out, torch.autograd.grad(out, [x64, g64], dout.double())
-
-
-def _assert_close(out, grads, ref, ref_grads, tol):
-    assert rel_err(out, ref) <= tol, rel_err(out, ref)
-    for name, g, r in zip(("dx", "dgamma"), grads, ref_grads):
-        assert rel_err(g, r) <= tol, (name, rel_err(g, r))
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("shape", [(2, 64, 97, 97), (1, 512, 1024), (2, 200, 13, 17), (3, 1000, 300)], ids=str)
 def test_matches_float64_reference(shape, dtype):
     """Ragged N, C below, at and above one tile, non-power-of-two C up to 1000."""
-    x, gamma = _inputs(shape, dtype)
-    dout = torch.randn(x.shape, device="cuda").to(dtype)
-    out, grads = _run(x, gamma, dout)
-    ref, ref_grads = _reference(x, gamma, dout)
-    _assert_close(out, grads, ref, ref_grads, TOL[dtype])
+    check_cam("triton", shape, dtype=dtype, device="cuda", magnitude=0.05)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("shape", [(8, 512, 64, 64), (2, 512, 97, 97), (1, 512, 128, 256)], ids=str)
 def test_danet_sizes_match_chunked(shape, dtype):
     """C = 512 at ADE20K (B = 8), Cityscapes-crop and whole-image (N = 32768) sizes."""
-    x, gamma = _inputs(shape, dtype, scale=0.02)
-    dout = torch.randn(x.shape, device="cuda").to(dtype)
-    out, grads = _run(x, gamma, dout)
-    ref, ref_grads = _run(x, gamma, dout, backend="chunked")
-    _assert_close(out, grads, ref, ref_grads, TOL[dtype])
+    check_cam("triton", shape, dtype=dtype, device="cuda", magnitude=0.02, reference="chunked")
 
 
 def test_fp16_gram_beyond_fp16_range():
     """Unit activations over a whole Cityscapes image: Σx² ≈ 32768 · 3 > 65504."""
-    x, gamma = _inputs((1, 64, 128, 256), torch.float16, scale=1.7)
+    run = check_cam("triton", (1, 64, 128, 256), dtype=torch.float16, device="cuda", magnitude=1.7)
     with torch.no_grad():
-        eager = danet_ops.channel_attention(x, gamma=gamma, backend="eager")
+        eager = danet_ops.channel_attention(run.inputs["x"], gamma=run.inputs["gamma"], backend="eager")
     assert not torch.isfinite(eager).all()
-    dout = torch.randn(x.shape, device="cuda").half()
-    out, grads = _run(x, gamma, dout)
-    ref, ref_grads = _reference(x, gamma, dout)
-    _assert_close(out, grads, ref, ref_grads, TOL[torch.float16])
 
 
 def test_tf32_when_allowed():
     """matmul precision "high": A·X and dx may use TF32; the Gram stays true fp32."""
-    x, gamma = _inputs((2, 512, 64, 64), torch.float32, scale=0.05)
-    dout = torch.randn(x.shape, device="cuda")
-    torch.set_float32_matmul_precision("high")
-    out, grads = _run(x, gamma, dout)
-    torch.set_float32_matmul_precision("highest")
-    ref, ref_grads = _reference(x, gamma, dout)
-    _assert_close(out, grads, ref, ref_grads, 5e-3)
+    torch.set_float32_matmul_precision("high")  # the float64 reference is unaffected
+    check_cam("triton", (2, 512, 64, 64), device="cuda", magnitude=0.05, regime="cam-tf32")
 
 
 def test_expanded_grad_output():
     x, gamma = _inputs((2, 512, 97, 97), torch.float16)
     danet_ops.channel_attention(x, gamma=gamma, backend="triton").sum().backward()
-    dx_sum, dgamma_sum = x.grad.clone(), gamma.grad.clone()
-    _, (dx, dgamma) = _run(x, gamma, torch.ones(x.shape, device="cuda", dtype=x.dtype))
-    assert torch.equal(dx_sum, dx) and torch.equal(dgamma_sum, dgamma)
+    _, grads = run_cam("triton", x, gamma, torch.ones(x.shape, device="cuda", dtype=x.dtype))
+    assert torch.equal(x.grad, grads["dx"]) and torch.equal(gamma.grad, grads["dgamma"])
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -114,11 +77,11 @@ def test_deterministic(dtype):
     previous = torch.are_deterministic_algorithms_enabled()
     try:
         torch.use_deterministic_algorithms(True)
-        first_out, first_grads = _run(x, gamma, dout)
+        first_out, first_grads = run_cam("triton", x, gamma, dout)
         for _ in range(3):
-            out, grads = _run(x, gamma, dout)
+            out, grads = run_cam("triton", x, gamma, dout)
             assert torch.equal(out, first_out)
-            assert all(torch.equal(a, b) for a, b in zip(grads, first_grads))
+            assert all(torch.equal(grads[name], first_grads[name]) for name in grads)
     finally:
         torch.use_deterministic_algorithms(previous)
 
@@ -146,18 +109,18 @@ def test_cuda_graph_capture():
     """No host synchronisation: forward and backward replay from a CUDA graph."""
     x, gamma = _inputs((2, 512, 64, 64), torch.bfloat16)
     static_dout = torch.randn(x.shape, device="cuda").bfloat16()
-    _run(x, gamma, static_dout)  # autotune outside the capture
+    run_cam("triton", x, gamma, static_dout)  # autotune outside the capture
 
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         for _ in range(2):
-            _run(x, gamma, static_dout)
+            run_cam("triton", x, gamma, static_dout)
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        static_out, (static_dx, static_dgamma) = _run(x, gamma, static_dout)
+        static_out, static_grads = run_cam("triton", x, gamma, static_dout)
     graph.replay()
     torch.cuda.synchronize()
-    out, (dx, dgamma) = _run(x, gamma, static_dout)
-    assert torch.equal(static_out, out) and torch.equal(static_dx, dx) and torch.equal(static_dgamma, dgamma)
+    out, grads = run_cam("triton", x, gamma, static_dout)
+    assert torch.equal(static_out, out) and all(torch.equal(static_grads[name], grads[name]) for name in grads)

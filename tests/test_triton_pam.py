@@ -13,7 +13,7 @@ import torch
 
 import danet_ops
 from danet_ops.triton import unavailable_reason
-from tests.helpers import pam_inputs, rel_err
+from helpers import PAM_INPUTS, check_pam, pam_inputs, rel_err, run_pam, tolerance
 
 pytestmark = pytest.mark.skipif(
     unavailable_reason(torch.device("cuda" if torch.cuda.is_available() else "cpu")) is not None,
@@ -21,38 +21,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-TOL = {torch.float32: 1e-5, torch.float16: 1e-2}
-NAMES = ("q", "k", "v", "gamma", "residual")
-
-
-def _pam(backend, q, k, v, gamma, residual, dout, scale=1.0, hw=None):
-    """Output and gradients of every input that requires grad (None for the others)."""
-    shape4 = lambda t: t if hw is None else t.view(*t.shape[:2], *hw)  # noqa: E731
-    out = danet_ops.position_attention(
-        shape4(q), shape4(k), shape4(v), gamma=gamma,
-        residual=None if residual is None else shape4(residual), scale=scale, backend=backend,
-    )
-    out = out.reshape(dout.shape)
-    inputs = [t for t in (q, k, v, gamma, residual) if t is not None and t.requires_grad]
-    grads = iter(torch.autograd.grad(out, inputs, dout))
-    return out, [next(grads) if (t is not None and t.requires_grad) else None
-                 for t in (q, k, v, gamma, residual)]
-
-
-def _reference(q, k, v, gamma, residual, dout, scale=1.0):
-    """The eager reference in float64 on upcast copies of the inputs."""
-    up = [None if t is None else t.detach().double().requires_grad_() for t in (q, k, v, gamma, residual)]
-    return _pam("eager", *up, dout.double(), scale=scale)
-
-
-def _check(out, grads, ref_out, ref_grads, tol):
-    assert torch.isfinite(out).all()
-    assert rel_err(out, ref_out) <= tol, f"out: {rel_err(out, ref_out):.3g}"
-    for name, g, rg in zip(NAMES, grads, ref_grads):
-        if rg is None:
-            continue
-        assert g is not None and torch.isfinite(g).all(), name
-        assert rel_err(g, rg) <= tol, f"d{name}: {rel_err(g, rg):.3g}"
 
 
 # (batch, Cqk, Cv, N, (H, W) or None): ragged N, Cqk not a power of two, Cv over several v tiles.
@@ -66,45 +34,28 @@ SHAPES = [
 @pytest.mark.parametrize("epilogue", [True, False], ids=["gamma+residual", "plain"])
 @pytest.mark.parametrize("batch,cqk,cv,n,hw", SHAPES)
 def test_matches_reference(batch, cqk, cv, n, hw, epilogue, dtype):
-    q, k, v, gamma, residual = pam_inputs(batch, cqk, cv, n, dtype=dtype, device=DEVICE)
-    if not epilogue:
-        gamma = residual = None
-    dout = torch.randn(batch, cv, n, device=DEVICE).to(dtype)
-    out, grads = _pam("triton", q, k, v, gamma, residual, dout, hw=hw)
-    assert out.dtype == dtype and out.shape == (batch, cv, n)
-    assert [g.dtype for g in grads[:3]] == [dtype] * 3
+    run = check_pam("triton", batch, cqk, cv, n, dtype=dtype, device=DEVICE, gamma=epilogue,
+                    residual=epilogue, hw=hw)
+    assert [run.grads[name].dtype for name in ("dq", "dk", "dv")] == [dtype] * 3
     if epilogue:
-        assert grads[3].shape == () and grads[3].dtype == gamma.dtype
-    _check(out, grads, *_reference(q, k, v, gamma, residual, dout), TOL[dtype])
+        assert run.grads["dgamma"].shape == () and run.grads["dgamma"].dtype == run.inputs["gamma"].dtype
 
 
 @pytest.mark.parametrize("which", ["gamma", "residual"])
 def test_partial_epilogue(which):
-    q, k, v, gamma, residual = pam_inputs(2, 16, 40, 50, device=DEVICE)
-    if which == "gamma":
-        residual = None
-    else:
-        gamma = None
-    dout = torch.randn(2, 40, 50, device=DEVICE)
-    out, grads = _pam("triton", q, k, v, gamma, residual, dout)
-    _check(out, grads, *_reference(q, k, v, gamma, residual, dout), TOL[torch.float32])
+    check_pam("triton", 2, 16, 40, 50, device=DEVICE, gamma=which == "gamma", residual=which == "residual")
 
 
 def test_scale():
-    q, k, v, gamma, residual = pam_inputs(1, 16, 32, 70, device=DEVICE)
-    dout = torch.randn(1, 32, 70, device=DEVICE)
-    out, grads = _pam("triton", q, k, v, gamma, residual, dout, scale=0.125)
-    _check(out, grads, *_reference(q, k, v, gamma, residual, dout, scale=0.125), TOL[torch.float32])
+    check_pam("triton", 1, 16, 32, 70, device=DEVICE, scale=0.125)
 
 
 def test_large_logits_fp16():
     """Unscaled logits of magnitude ~1e3: energies and statistics stay fp32, nothing overflows."""
-    q, k, v, gamma, residual = pam_inputs(1, 16, 32, 100, dtype=torch.float16, device=DEVICE, magnitude=8.0)
-    logits = torch.einsum("bci,bcj->bij", q.double(), k.double())
+    run = check_pam("triton", 1, 16, 32, 100, dtype=torch.float16, device=DEVICE, magnitude=8.0,
+                    regime="large-logits")
+    logits = torch.einsum("bci,bcj->bij", run.inputs["q"].double(), run.inputs["k"].double())
     assert logits.abs().max() > 500
-    dout = torch.randn(1, 32, 100, device=DEVICE).half()
-    out, grads = _pam("triton", q, k, v, gamma, residual, dout)
-    _check(out, grads, *_reference(q, k, v, gamma, residual, dout), TOL[torch.float16])
 
 
 def test_sum_backward_matches_explicit_ones():
@@ -112,8 +63,8 @@ def test_sum_backward_matches_explicit_ones():
     q, k, v, gamma, residual = pam_inputs(2, 8, 24, 45, device=DEVICE)
     out = danet_ops.position_attention(q, k, v, gamma=gamma, residual=residual, backend="triton")
     grads_sum = torch.autograd.grad(out.sum(), (q, k, v, gamma, residual))
-    _, grads_ones = _pam("triton", q, k, v, gamma, residual, torch.ones_like(out))
-    for name, a, b in zip(NAMES, grads_sum, grads_ones):
+    _, grads_ones = run_pam("triton", dict(zip(PAM_INPUTS, (q, k, v, gamma, residual))), torch.ones_like(out))
+    for name, a, b in zip(PAM_INPUTS, grads_sum, grads_ones.values()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=name)
 
 
@@ -128,7 +79,7 @@ def test_backward_reads_dout_strides():
     assert ones.stride() == (0, 0, 0)
     expanded = pam.pam_backward(ones, q, k, v, gamma, o, lse, 1.0)
     dense = pam.pam_backward(ones.contiguous(), q, k, v, gamma, o, lse, 1.0)
-    for name, a, b in zip(NAMES, expanded, dense):
+    for name, a, b in zip(PAM_INPUTS, expanded, dense):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=name)
 
 
@@ -173,31 +124,24 @@ def test_non_contiguous_inputs():
 
 
 def test_deterministic_bitwise_and_correct():
-    q, k, v, gamma, residual = pam_inputs(2, 12, 96, 130, device=DEVICE)
-    dout = torch.randn(2, 96, 130, device=DEVICE)
-    _, default_grads = _pam("triton", q, k, v, gamma, residual, dout, scale=0.5)
     was = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        out1, grads1 = _pam("triton", q, k, v, gamma, residual, dout, scale=0.5)
-        out2, grads2 = _pam("triton", q, k, v, gamma, residual, dout, scale=0.5)
+        run = check_pam("triton", 2, 12, 96, 130, device=DEVICE, scale=0.5)  # against float64
+        out2, grads2 = run_pam("triton", run.inputs, run.dout, scale=0.5)
     finally:
         torch.use_deterministic_algorithms(was)
-    assert torch.equal(out1, out2)
-    for name, a, b in zip(NAMES, grads1, grads2):
-        assert torch.equal(a, b), name
-    _check(out1, grads1, *_reference(q, k, v, gamma, residual, dout, scale=0.5), TOL[torch.float32])
+    _, default_grads = run_pam("triton", run.inputs, run.dout, scale=0.5)
+    assert torch.equal(run.out, out2)
+    for name in run.grads:
+        assert torch.equal(run.grads[name], grads2[name]), name
     # The atomic (default) and ordered dQ paths agree to rounding.
-    for name, a, b in zip(NAMES, grads1, default_grads):
-        assert rel_err(a, b) <= 1e-6, name
+    for name in run.grads:
+        assert rel_err(run.grads[name], default_grads[name]) <= 1e-6, name
 
 
 def test_agrees_with_chunked():
-    q, k, v, gamma, residual = pam_inputs(2, 16, 64, 90, device=DEVICE)
-    dout = torch.randn(2, 64, 90, device=DEVICE)
-    out, grads = _pam("triton", q, k, v, gamma, residual, dout)
-    out_c, grads_c = _pam("chunked", q, k, v, gamma, residual, dout)
-    _check(out, grads, out_c, grads_c, 1e-5)
+    check_pam("triton", 2, 16, 64, 90, device=DEVICE, reference="chunked")
 
 
 def test_forward_contract_matches_chunked():
@@ -223,7 +167,7 @@ def test_no_grad_forward():
         ref = danet_ops.position_attention_reference(
             *(t.double() for t in (q, k, v, gamma, residual))
         )
-    assert rel_err(out, ref) <= 1e-5
+    assert rel_err(out, ref) <= tolerance(torch.float32)[0]
 
 
 def test_nan_in_value_propagates():
@@ -245,15 +189,12 @@ def test_fused_backward_matches_reference(batch, cqk, cv, n, hw, deterministic, 
     dtype = torch.float16
     monkeypatch.setenv(pam.BWD_VARIANT_ENV, "fused")
     assert pam.backward_variant(cv, dtype) == "fused"
-    q, k, v, gamma, residual = pam_inputs(batch, cqk, cv, n, dtype=dtype, device=DEVICE)
-    dout = torch.randn(batch, cv, n, device=DEVICE).to(dtype)
     was = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(deterministic)
     try:
-        out, grads = _pam("triton", q, k, v, gamma, residual, dout, scale=0.75, hw=hw)
+        check_pam("triton", batch, cqk, cv, n, dtype=dtype, device=DEVICE, scale=0.75, hw=hw)
     finally:
         torch.use_deterministic_algorithms(was)
-    _check(out, grads, *_reference(q, k, v, gamma, residual, dout, scale=0.75), TOL[dtype])
 
 
 def test_backward_variant_choice(monkeypatch):
