@@ -51,7 +51,10 @@ def grad_errs(grads, ref_grads) -> list:
     is meaningless there; the largest gradient is the yardstick (as for the mmseg fixtures).
     """
     biggest = max(g.detach().double().abs().max().item() for g in ref_grads)
-    return [(a.detach().double() - b.detach().double()).abs().max().item() / biggest for a, b in zip(grads, ref_grads)]
+    return [
+        (a.detach().double() - b.detach().double()).abs().max().item() / biggest
+        for a, b in zip(grads, ref_grads)
+    ]
 
 
 def worst_element(got: Tensor, ref: Tensor) -> str:
@@ -156,8 +159,15 @@ def tolerance(dtype: torch.dtype, regime: str = "default") -> tuple:
 # --- checks -------------------------------------------------------------------------------------
 
 
-def assert_errors_within(got: dict, ref: dict, tol: tuple, *, terms: Optional[dict] = None,
-                         eager: Optional[dict] = None, context: str = "") -> dict:
+def assert_errors_within(
+    got: dict,
+    ref: dict,
+    tol: tuple,
+    *,
+    terms: Optional[dict] = None,
+    eager: Optional[dict] = None,
+    context: str = "",
+) -> dict:
     """Every quantity of ``got`` ({"out": ..., "dq": ..., ...}) against ``ref``.
 
     The fixed bound: ``tol[0]`` on "out", ``tol[1]`` on the rest (None: finite only), relative
@@ -179,8 +189,10 @@ def assert_errors_within(got: dict, ref: dict, tol: tuple, *, terms: Optional[di
             continue
         errors[name] = err = cond_err(g, r, terms.get(name), floor=1.0)
         if bound is not None and not err <= bound:
-            failures.append(f"{name}: relative error {err:.3g} > tolerance {bound:.3g}; "
-                            f"worst element {worst_element(g, r)}")
+            failures.append(
+                f"{name}: relative error {err:.3g} > tolerance {bound:.3g}; "
+                f"worst element {worst_element(g, r)}"
+            )
         e = eager.get(name)
         if e is None or g.dim() == 0 or not torch.isfinite(e).all():
             continue
@@ -188,8 +200,10 @@ def assert_errors_within(got: dict, ref: dict, tol: tuple, *, terms: Optional[di
         atol = (r64.to(g.dtype).double() - r64).abs().max().item()
         ours, theirs = (g64 - r64).abs().max().item(), (e64 - r64).abs().max().item()
         if not ours <= 2 * theirs + atol:
-            failures.append(f"{name}: max error {ours:.3g} > 2 x eager's {theirs:.3g} + atol {atol:.3g} "
-                            f"(FlashAttention's bound); worst element {worst_element(g, r)}")
+            failures.append(
+                f"{name}: max error {ours:.3g} > 2 x eager's {theirs:.3g} + atol {atol:.3g} "
+                f"(FlashAttention's bound); worst element {worst_element(g, r)}"
+            )
     assert not failures, f"{context}\n  " + "\n  ".join(failures)
     return errors
 
@@ -209,8 +223,10 @@ class Run:
 
 def _leaves(inputs: dict, dtype: Optional[torch.dtype] = None) -> dict:
     """Fresh leaves requiring grad (detach keeps strides), in ``dtype`` when given."""
-    return {name: None if t is None else (t.detach() if dtype is None else t.detach().to(dtype)).requires_grad_()
-            for name, t in inputs.items()}
+    return {
+        name: None if t is None else (t.detach() if dtype is None else t.detach().to(dtype)).requires_grad_()
+        for name, t in inputs.items()
+    }
 
 
 def _grads(out: Tensor, leaves: dict, dout: Tensor) -> dict:
@@ -222,7 +238,8 @@ def _grads(out: Tensor, leaves: dict, dout: Tensor) -> dict:
 def _context(op, backend, dtype, shape, reference, **kwargs) -> str:
     extra = ", ".join(f"{k}={v}" for k, v in kwargs.items() if v is not None)
     return f"{op} backend={backend} dtype={str(dtype)[6:]} shape={tuple(shape)} vs {reference}" + (
-        f" ({extra})" if extra else "")
+        f" ({extra})" if extra else ""
+    )
 
 
 # --- PAM ----------------------------------------------------------------------------------------
@@ -232,6 +249,7 @@ PAM_INPUTS = ("q", "k", "v", "gamma", "residual")
 
 def pam_inputs(batch: int, cqk: int, cv: int, n: int, dtype=torch.float32, device="cpu", magnitude=1.0):
     """Random q, k, v, residual ``[B, C, N]`` and a non-zero gamma, all requiring grad."""
+
     def make(*shape, mag=1.0):
         return (torch.randn(*shape, device=device) * mag).to(dtype).requires_grad_()
 
@@ -248,13 +266,20 @@ def run_pam(backend: str, inputs: dict, dout: Tensor, scale: float = 1.0, hw=Non
     leaves = _leaves(inputs)
     shape4 = (lambda t: t) if hw is None else (lambda t: None if t is None else t.view(*t.shape[:2], *hw))
     out = danet_ops.position_attention(
-        shape4(leaves["q"]), shape4(leaves["k"]), shape4(leaves["v"]), gamma=leaves["gamma"],
-        residual=shape4(leaves["residual"]), scale=scale, backend=backend,
+        shape4(leaves["q"]),
+        shape4(leaves["k"]),
+        shape4(leaves["v"]),
+        gamma=leaves["gamma"],
+        residual=shape4(leaves["residual"]),
+        scale=scale,
+        backend=backend,
     ).reshape(dout.shape)
     return out.detach(), _grads(out, leaves, dout)
 
 
-def pam_reference(inputs: dict, dout: Tensor, scale: float = 1.0, dtype: Optional[torch.dtype] = torch.float64):
+def pam_reference(
+    inputs: dict, dout: Tensor, scale: float = 1.0, dtype: Optional[torch.dtype] = torch.float64
+):
     """The same through the eager reference (mmseg's math), on copies in ``dtype`` (None: as
     they are, gamma included: eager in the inputs' own dtype)."""
     leaves = _leaves(inputs, dtype)
@@ -266,15 +291,30 @@ def pam_gamma_terms(inputs: dict, dout: Tensor, scale: float = 1.0) -> Tensor:
     """dout∘o in float64, o the exact raw attention output (chunked in float64: no N x N):
     the terms dgamma sums, its yardstick in assert_errors_within."""
     with torch.no_grad():
-        o = danet_ops.position_attention(*(inputs[name].detach().double() for name in ("q", "k", "v")),
-                                         scale=scale, backend="chunked")
+        o = danet_ops.position_attention(
+            *(inputs[name].detach().double() for name in ("q", "k", "v")), scale=scale, backend="chunked"
+        )
     return dout.detach().double().reshape(o.shape) * o
 
 
-def check_pam(backend: str, batch: int, cqk: int, cv: int, n: int, *, dtype=torch.float32, device="cpu",
-              gamma: bool = True, residual: bool = True, scale: float = 1.0, magnitude: float = 1.0,
-              hw=None, regime: str = "default", reference: str = "float64",
-              reference_dtype: Optional[torch.dtype] = None) -> Run:
+def check_pam(
+    backend: str,
+    batch: int,
+    cqk: int,
+    cv: int,
+    n: int,
+    *,
+    dtype=torch.float32,
+    device="cpu",
+    gamma: bool = True,
+    residual: bool = True,
+    scale: float = 1.0,
+    magnitude: float = 1.0,
+    hw=None,
+    regime: str = "default",
+    reference: str = "float64",
+    reference_dtype: Optional[torch.dtype] = None,
+) -> Run:
     """PAM on ``backend`` and the float64 reference, same fresh random inputs (pam_inputs, q and
     k times ``magnitude``) and output gradient: output and every gradient within
     ``tolerance(dtype, regime)``; for fp16/bf16 also within FlashAttention's bound (see
@@ -297,10 +337,25 @@ def check_pam(backend: str, batch: int, cqk: int, cv: int, n: int, *, dtype=torc
         rin = {name: t if t is None or name == "gamma" else cast(t.detach()) for name, t in inputs.items()}
         ref_out, ref_grads = run_pam(reference, rin, cast(dout), scale=scale)
     terms = {"dgamma": pam_gamma_terms(inputs, dout, scale)} if gamma else {}
-    context = _context("PAM", backend, dtype, (batch, cqk, cv, n), reference, scale=scale if scale != 1.0 else None,
-                       gamma=None if gamma else "none", residual=None if residual else "none", regime=regime)
-    errors = assert_errors_within({"out": out, **grads}, {"out": ref_out, **ref_grads}, tolerance(dtype, regime),
-                                  terms=terms, eager=eager, context=context)
+    context = _context(
+        "PAM",
+        backend,
+        dtype,
+        (batch, cqk, cv, n),
+        reference,
+        scale=scale if scale != 1.0 else None,
+        gamma=None if gamma else "none",
+        residual=None if residual else "none",
+        regime=regime,
+    )
+    errors = assert_errors_within(
+        {"out": out, **grads},
+        {"out": ref_out, **ref_grads},
+        tolerance(dtype, regime),
+        terms=terms,
+        eager=eager,
+        context=context,
+    )
     return Run(inputs, dout, out, grads, ref_out, ref_grads, errors)
 
 
@@ -315,7 +370,9 @@ def run_cam(backend: str, x: Tensor, gamma: Optional[Tensor], dout: Tensor):
     return out.detach(), _grads(out, leaves, dout)
 
 
-def cam_reference(x: Tensor, gamma: Optional[Tensor], dout: Tensor, dtype: Optional[torch.dtype] = torch.float64):
+def cam_reference(
+    x: Tensor, gamma: Optional[Tensor], dout: Tensor, dtype: Optional[torch.dtype] = torch.float64
+):
     """The same through the eager reference, on copies in ``dtype`` (None: as they are)."""
     leaves = _leaves({"x": x, "gamma": gamma}, dtype)
     out = danet_ops.channel_attention_reference(leaves["x"].flatten(2), leaves["gamma"]).view(x.shape)
@@ -329,8 +386,17 @@ def cam_gamma_terms(x: Tensor, dout: Tensor) -> Tensor:
     return dout.detach().double().reshape(ax.shape) * ax
 
 
-def check_cam(backend: str, shape, *, dtype=torch.float32, device="cpu", gamma: Optional[float] = 0.7,
-              magnitude: float = 1.0, regime: str = "default", reference: str = "float64") -> Run:
+def check_cam(
+    backend: str,
+    shape,
+    *,
+    dtype=torch.float32,
+    device="cpu",
+    gamma: Optional[float] = 0.7,
+    magnitude: float = 1.0,
+    regime: str = "default",
+    reference: str = "float64",
+) -> Run:
     """CAM on ``backend`` and the float64 reference, same fresh random x (``shape``, times
     ``magnitude``) and output gradient, checked as check_pam checks PAM. gamma None: no
     residual, no dgamma. ``reference`` another backend name: that backend instead, same dtype.
@@ -350,6 +416,12 @@ def check_cam(backend: str, shape, *, dtype=torch.float32, device="cpu", gamma: 
         ref_out, ref_grads = run_cam(reference, x, g, dout)
     terms = {"dgamma": cam_gamma_terms(x, dout)} if g is not None else {}
     context = _context("CAM", backend, dtype, shape, reference, gamma=gamma, regime=regime)
-    errors = assert_errors_within({"out": out, **grads}, {"out": ref_out, **ref_grads}, tolerance(dtype, regime),
-                                  terms=terms, eager=eager, context=context)
+    errors = assert_errors_within(
+        {"out": out, **grads},
+        {"out": ref_out, **ref_grads},
+        tolerance(dtype, regime),
+        terms=terms,
+        eager=eager,
+        context=context,
+    )
     return Run({"x": x, "gamma": g}, dout, out, grads, ref_out, ref_grads, errors)

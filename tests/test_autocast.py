@@ -19,11 +19,11 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import grad_errs, rel_err
 from torch import nn
 
 import danet_ops
 import models
-from helpers import grad_errs, rel_err
 
 TOL = {torch.float16: 1e-2, torch.bfloat16: 3e-2}
 
@@ -106,7 +106,9 @@ def _cases():
         cases.append(pytest.param("cpu", torch.float16, "triton", id="cpu-fp16-triton"))
     for backend in ("eager", "chunked", "triton", "cuda"):
         for dtype, name in ((torch.float16, "fp16"), (torch.bfloat16, "bf16")):
-            cases.append(pytest.param("cuda", dtype, backend, id=f"cuda-{name}-{backend}", marks=pytest.mark.gpu))
+            cases.append(
+                pytest.param("cuda", dtype, backend, id=f"cuda-{name}-{backend}", marks=pytest.mark.gpu)
+            )
     return cases
 
 
@@ -136,7 +138,9 @@ def _input(kind, device, dtype):
 def test_module_dtypes_and_values_match_mmseg(device, amp, backend, kind, x_dtype):
     _skip_unavailable(device, backend)
     mmseg = _mmseg_module(kind, device)
-    ours = (danet_ops.PAM(32, 4, backend=backend) if kind == "PAM" else danet_ops.CAM(backend=backend)).to(device)
+    ours = (danet_ops.PAM(32, 4, backend=backend) if kind == "PAM" else danet_ops.CAM(backend=backend)).to(
+        device
+    )
     ours.load_state_dict(mmseg.state_dict(), strict=True)
     x = _input(kind, device, amp if x_dtype == "autocast" else x_dtype).requires_grad_()
     x_mm = x.detach().clone().requires_grad_()
@@ -158,7 +162,9 @@ def test_module_dtypes_and_values_match_mmseg(device, amp, backend, kind, x_dtyp
     mm64 = copy.deepcopy(mmseg).double()
     x64 = x.detach().double().requires_grad_()
     ref = mm64(x64)
-    ref_grads = torch.autograd.grad(ref, [x64] + [p for _, p in sorted(mm64.named_parameters())], dout.double())
+    ref_grads = torch.autograd.grad(
+        ref, [x64] + [p for _, p in sorted(mm64.named_parameters())], dout.double()
+    )
     tol = TOL[amp]
     assert rel_err(out, ref) <= tol, rel_err(out, ref)
     assert rel_err(grads[0], ref_grads[0]) <= tol, rel_err(grads[0], ref_grads[0])

@@ -1,9 +1,9 @@
 """CAM on the pure-PyTorch backends (eager, chunked) against the float64 reference."""
 import pytest
 import torch
+from helpers import check_cam, rel_err
 
 import danet_ops
-from helpers import check_cam, rel_err
 
 
 @pytest.mark.parametrize("backend", ["eager", "chunked"])
@@ -36,7 +36,9 @@ def test_cam_chunked_half_dtypes(dtype):
 def test_cam_gradcheck_float64():
     x = (torch.randn(2, 6, 9, dtype=torch.float64) * 0.5).requires_grad_()
     gamma = torch.tensor(0.6, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, g: danet_ops.channel_attention(x, gamma=g, backend="chunked"), (x, gamma))
+    assert torch.autograd.gradcheck(
+        lambda x, g: danet_ops.channel_attention(x, gamma=g, backend="chunked"), (x, gamma)
+    )
 
 
 def test_cam_expanded_grad_and_noncontiguous_input():

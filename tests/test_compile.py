@@ -1,10 +1,10 @@
 """The op layer: torch.library registration (opcheck) and torch.compile(fullgraph=True)."""
 import pytest
 import torch
+from helpers import grad_errs, rel_err
 
 import danet_ops
 from danet_ops import ops
-from helpers import grad_errs, rel_err
 
 
 def test_opcheck_pam_and_cam():
@@ -42,7 +42,9 @@ def test_compiled_modules_match_eager(backend):
 
 def test_compiled_functional_without_epilogue():
     torch._dynamo.reset()
-    fn = torch.compile(lambda q, k, v: danet_ops.position_attention(q, k, v, backend="chunked"), fullgraph=True)
+    fn = torch.compile(
+        lambda q, k, v: danet_ops.position_attention(q, k, v, backend="chunked"), fullgraph=True
+    )
     q, k, v = torch.randn(1, 4, 50), torch.randn(1, 4, 50), torch.randn(1, 6, 50)
     ref = danet_ops.position_attention_reference(q.double(), k.double(), v.double())
     assert rel_err(fn(q, k, v), ref) < 1e-5

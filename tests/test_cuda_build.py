@@ -10,15 +10,15 @@ import subprocess
 import time
 from pathlib import Path
 
+import cuda_emulation
 import pytest
 import torch
+from helpers import rel_err
 
 import danet_ops.cuda as cuda_backend
 from danet_ops import chunked
 from danet_ops.backends import BackendUnavailableError
 from danet_ops.cuda import build
-import cuda_emulation
-from helpers import rel_err
 
 EXPECTED_FUNCTIONS = ("pam_forward", "pam_backward", "cam_forward", "cam_backward")
 
@@ -163,20 +163,31 @@ EMU_TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 HALF = [torch.float16, torch.bfloat16]
 
 
-@pytest.mark.parametrize("dtype,shape,scale,with_gamma,with_residual,legacy", [
-    (torch.float32, (2, 5, 70, 131), 1.0, True, True, False),    # ragged N, Cv over one tile, Cqk not a multiple of 16
-    (torch.float32, (1, 16, 64, 64), 0.7, False, False, False),  # exact tiles, no epilogue, scaled
-    (torch.float32, (1, 70, 20, 67), 1.0, True, False, False),   # Cqk over one tile
-    # mma.sync forward: ragged N (padded rows), Cqk not a multiple of 16, Cv under one
-    # 128-channel block; Cqk over 64; batch 2 with N a multiple of 8 over two key tiles and
-    # Cv over one block (two channel blocks, the second nearly empty).
-    *[(dt, (1, 5, 70, 131), 1.0, True, True, False) for dt in HALF],
-    *[(dt, (1, 70, 20, 67), 0.7, False, False, False) for dt in HALF],
-    *[(dt, (2, 16, 130, 136), 1.0, True, True, False) for dt in HALF],
-    *[(dt, (1, 5, 70, 131), 1.0, True, True, True) for dt in HALF],  # the WMMA tile forward
-])
-def test_emulated_pam_kernels_match_chunked(emulated_kernels, dtype, shape, scale, with_gamma, with_residual,
-                                            legacy):
+@pytest.mark.parametrize(
+    "dtype,shape,scale,with_gamma,with_residual,legacy",
+    [
+        (
+            torch.float32,
+            (2, 5, 70, 131),
+            1.0,
+            True,
+            True,
+            False,
+        ),  # ragged N, Cv over one tile, Cqk not a multiple of 16
+        (torch.float32, (1, 16, 64, 64), 0.7, False, False, False),  # exact tiles, no epilogue, scaled
+        (torch.float32, (1, 70, 20, 67), 1.0, True, False, False),  # Cqk over one tile
+        # mma.sync forward: ragged N (padded rows), Cqk not a multiple of 16, Cv under one
+        # 128-channel block; Cqk over 64; batch 2 with N a multiple of 8 over two key tiles and
+        # Cv over one block (two channel blocks, the second nearly empty).
+        *[(dt, (1, 5, 70, 131), 1.0, True, True, False) for dt in HALF],
+        *[(dt, (1, 70, 20, 67), 0.7, False, False, False) for dt in HALF],
+        *[(dt, (2, 16, 130, 136), 1.0, True, True, False) for dt in HALF],
+        *[(dt, (1, 5, 70, 131), 1.0, True, True, True) for dt in HALF],  # the WMMA tile forward
+    ],
+)
+def test_emulated_pam_kernels_match_chunked(
+    emulated_kernels, dtype, shape, scale, with_gamma, with_residual, legacy
+):
     b, cqk, cv, n = shape
     tol = EMU_TOL[dtype]
     q, k, v, res, dout = (torch.randn(b, c, n).to(dtype) for c in (cqk, cqk, cv, cv, cv))
@@ -198,17 +209,20 @@ def test_emulated_pam_kernels_match_chunked(emulated_kernels, dtype, shape, scal
         assert rel_err(dgamma, refs[3]) <= tol
 
 
-@pytest.mark.parametrize("dtype,shape,with_gamma,splits", [
-    (torch.float32, (2, 70, 131), True, 1),
-    (torch.float32, (1, 24, 300), False, 3),  # split-K Gram
-    (torch.float32, (2, 130, 67), True, 2),
-    *[(dt, (1, 70, 131), True, 2) for dt in HALF],  # WMMA path, ragged, split-K
-    *[(dt, (1, 24, 300), False, 1) for dt in HALF],
-])
+@pytest.mark.parametrize(
+    "dtype,shape,with_gamma,splits",
+    [
+        (torch.float32, (2, 70, 131), True, 1),
+        (torch.float32, (1, 24, 300), False, 3),  # split-K Gram
+        (torch.float32, (2, 130, 67), True, 2),
+        *[(dt, (1, 70, 131), True, 2) for dt in HALF],  # WMMA path, ragged, split-K
+        *[(dt, (1, 24, 300), False, 1) for dt in HALF],
+    ],
+)
 def test_emulated_cam_kernels_match_chunked(emulated_kernels, dtype, shape, with_gamma, splits):
     b, c, n = shape
     tol = EMU_TOL[dtype]
-    x = (torch.randn(b, c, n) * (2.0 / n ** 0.5)).to(dtype)
+    x = (torch.randn(b, c, n) * (2.0 / n**0.5)).to(dtype)
     dout = torch.randn(b, c, n).to(dtype)
     gamma = torch.tensor(0.7) if with_gamma else None
     out, attn = cuda_emulation.cam_forward(emulated_kernels, x, gamma, splits)
@@ -226,8 +240,19 @@ def test_emulated_cam_kernels_match_chunked(emulated_kernels, dtype, shape, with
 def test_emulated_kernels_stay_in_bounds_under_address_sanitizer(tmp_path):
     gxx = _gxx()
     exe = tmp_path / "memcheck"
-    cmd = [gxx, "-std=c++20", "-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer",
-           "-pthread", "-Wno-unknown-pragmas", str(EMULATION / "memcheck_main.cpp"), "-o", str(exe)]
+    cmd = [
+        gxx,
+        "-std=c++20",
+        "-O1",
+        "-g",
+        "-fsanitize=address",
+        "-fno-omit-frame-pointer",
+        "-pthread",
+        "-Wno-unknown-pragmas",
+        str(EMULATION / "memcheck_main.cpp"),
+        "-o",
+        str(exe),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0 and "asan" in result.stderr.lower():
         pytest.skip(f"no AddressSanitizer runtime for g++: {result.stderr[-300:]}")

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import PAM_INPUTS, check_cam, check_pam, pam_inputs, rel_err, run_cam, run_pam, tolerance
 
 from danet_ops import backends, ops
 from danet_ops.reference import channel_attention_reference
-from helpers import PAM_INPUTS, check_cam, check_pam, pam_inputs, rel_err, run_cam, run_pam, tolerance
 
 pytestmark = pytest.mark.gpu
 
@@ -122,7 +122,8 @@ def test_cam_matches_float64_reference(dtype, shape, with_gamma):
 def test_cam_matches_triton(dtype):
     if backends.unavailable_reason("triton", torch.device("cuda")) is not None:
         pytest.skip("triton backend unavailable")
-    check_cam("cuda", (2, 512, 4096), dtype=dtype, device="cuda", gamma=0.5, magnitude=0.03, reference="triton")
+    check_cam("cuda", (2, 512, 4096), dtype=dtype, device="cuda", gamma=0.5, magnitude=0.03,
+              reference="triton")
 
 
 def test_cam_large_n_matches_chunked():

@@ -23,8 +23,6 @@ import ctypes
 import pytest
 import torch
 
-import cuda_emulation
-
 HALF = pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
 SUFFIX = {torch.float16: "_f16", torch.bfloat16: "_bf16"}
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import rel_err
 
 import models
 from danet_ops import backends
-from helpers import rel_err
 
 HAS_CUDA = torch.cuda.is_available()
 

@@ -6,7 +6,6 @@ import torch
 
 import models
 
-
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 

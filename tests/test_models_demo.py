@@ -177,4 +177,5 @@ def test_legend_draws_each_colour_and_its_label():
     ink = render_text("road 51%")
     assert ink.shape == (14, 12 * 8) and ink.any()
     assert not np.array_equal(render_text("a"), render_text("b"))
-    assert np.array_equal(render_text("<"), render_text("<")) and not np.array_equal(render_text("<"), render_text("~"))
+    assert np.array_equal(render_text("<"), render_text("<"))
+    assert not np.array_equal(render_text("<"), render_text("~"))

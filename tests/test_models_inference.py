@@ -10,7 +10,6 @@ from torch import nn
 import models
 from models.inference import keep_ratio_size, slide_windows
 
-
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 

@@ -7,7 +7,6 @@ import torch.nn.functional as F
 
 import models
 
-
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import grad_errs, rel_err
 from torch import nn
 
 import danet_ops
-from helpers import grad_errs, rel_err
 
 DATA = Path(__file__).parent / "data"
 
@@ -147,7 +147,8 @@ class CAM_Module(nn.Module):
         return danet_ops.channel_attention_reference(x.flatten(2), self.gamma).view_as(x)
 
 
-@pytest.mark.parametrize("make", [lambda: nn.Sequential(PAM(32, 4), CAM()), lambda: nn.Sequential(PAM_Module(32), CAM_Module())])
+@pytest.mark.parametrize("make", [lambda: nn.Sequential(PAM(32, 4), CAM()),
+                                  lambda: nn.Sequential(PAM_Module(32), CAM_Module())])
 def test_replace_attention_keeps_weights_and_outputs(make):
     model = make()
     for p in model.parameters():
@@ -193,7 +194,11 @@ def test_module_under_autocast_bf16():
         (lambda: danet_ops.CAM(backend=None), TypeError, ["backend", "NoneType"]),
         (lambda: danet_ops.PAM(64, 8.0), TypeError, ["channels", "8.0"]),
         (lambda: danet_ops.PAM(0, 8), ValueError, ["in_channels", "0"]),
-        (lambda: danet_ops.replace_attention(nn.Sequential(PAM(32, 4)), backend="fast"), ValueError, ["backend", "'fast'"]),
+        (
+            lambda: danet_ops.replace_attention(nn.Sequential(PAM(32, 4)), backend="fast"),
+            ValueError,
+            ["backend", "'fast'"],
+        ),
     ],
 )
 def test_module_arguments_are_checked_at_construction(make, error, words):
@@ -206,7 +211,11 @@ def test_module_arguments_are_checked_at_construction(make, error, words):
 @pytest.mark.parametrize(
     "module,shape,words",
     [
-        (lambda: danet_ops.PAM(64, 8), (64, 8, 8), ["[B, 64, H, W]", "(64, 8, 8)", "unbatched", "x.unsqueeze(0)"]),
+        (
+            lambda: danet_ops.PAM(64, 8),
+            (64, 8, 8),
+            ["[B, 64, H, W]", "(64, 8, 8)", "unbatched", "x.unsqueeze(0)"],
+        ),
         (lambda: danet_ops.PAM(64, 8), (2, 64, 30), ["[B, 64, H, W]", "(2, 64, 30)", "x.unsqueeze(-1)"]),
         (lambda: danet_ops.PAM(64, 8), (2, 32, 4, 4), ["in_channels=64", "(2, 32, 4, 4)"]),
         (lambda: danet_ops.CAM(), (64, 8, 8), ["[B, C, H, W]", "(64, 8, 8)", "x.unsqueeze(0)"]),

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import cam_yardsticks, cond_err, pam_yardsticks
 
 import danet_ops
 from danet_ops.backends import unavailable_reason
-from helpers import cam_yardsticks, cond_err, pam_yardsticks
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = [b for b in ("chunked", "triton", "cuda") if unavailable_reason(b, torch.device(DEVICE)) is None]
@@ -78,7 +78,10 @@ def _cam_reference(x, gamma, dout):
 
 
 def _check_pam(got, ref, sticks, tol_out, tol_grad):
-    errs = {name: cond_err(g, r, s) for name, g, r, s in zip(("out", "dq", "dk", "dv", "dgamma"), got, ref, sticks)}
+    errs = {
+        name: cond_err(g, r, s)
+        for name, g, r, s in zip(("out", "dq", "dk", "dv", "dgamma"), got, ref, sticks)
+    }
     for name, g in zip(("out", "dq", "dk", "dv", "dgamma"), got):
         assert torch.isfinite(g).all(), name
     assert errs["out"] <= tol_out and all(e <= tol_grad for e in errs.values()), errs
@@ -154,8 +157,11 @@ def test_cam_fp16_gram_beyond_fp16_range(backend, request):
 
 # --- NaN and inf ---------------------------------------------------------------------------------
 
-VALUES = [pytest.param(float("nan"), id="nan"), pytest.param(float("inf"), id="inf"),
-          pytest.param(float("-inf"), id="-inf")]
+VALUES = [
+    pytest.param(float("nan"), id="nan"),
+    pytest.param(float("inf"), id="inf"),
+    pytest.param(float("-inf"), id="-inf"),
+]
 
 
 def _same_non_finite(name, got, ref):
@@ -164,7 +170,9 @@ def _same_non_finite(name, got, ref):
     assert torch.equal(torch.isinf(got), torch.isinf(ref)), f"{name}: inf positions differ from eager's"
 
 
-@pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning", "ignore:invalid value encountered:RuntimeWarning")  # the interpreter runs numpy on NaN/inf
+@pytest.mark.filterwarnings(
+    "ignore:All-NaN slice:RuntimeWarning", "ignore:invalid value encountered:RuntimeWarning"
+)  # the interpreter runs numpy on NaN/inf
 @pytest.mark.parametrize("where", ["q", "k", "v", "residual"])
 @pytest.mark.parametrize("value", VALUES)
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -186,7 +194,9 @@ def test_pam_non_finite_input_propagates_as_eager(backend, value, where, request
     assert not torch.isfinite(eager[0]).all()  # premise: the value reaches the output
 
 
-@pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning", "ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.filterwarnings(
+    "ignore:All-NaN slice:RuntimeWarning", "ignore:invalid value encountered:RuntimeWarning"
+)
 @pytest.mark.parametrize("value", VALUES)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_cam_non_finite_input_propagates_as_eager(backend, value, request):
@@ -208,8 +218,11 @@ def test_cam_non_finite_input_propagates_as_eager(backend, value, request):
 # --- N = 1, C = 1 --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cqk,cv,spatial", [(8, 16, (1, 1)), (1, 1, (5, 7)), (1, 1, (1, 1)), (3, 5, (1, 9))],
-                         ids=["N1", "Cqk1-Cv1", "N1-C1", "1x9"])
+@pytest.mark.parametrize(
+    "cqk,cv,spatial",
+    [(8, 16, (1, 1)), (1, 1, (5, 7)), (1, 1, (1, 1)), (3, 5, (1, 9))],
+    ids=["N1", "Cqk1-Cv1", "N1-C1", "1x9"],
+)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_pam_single_position_or_channel(backend, cqk, cv, spatial, request):
     """N = 1: the softmax is 1, out = gamma·v + residual, dq = dk = 0 exactly in theory."""

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import rel_err
 from torch import nn
 
 import danet_ops
 import models
-from helpers import rel_err
 
 onnx = pytest.importorskip("onnx", reason='onnx is not installed (pip install ".[onnx]")')
 pytest.importorskip("onnxscript", reason='onnxscript is not installed (pip install ".[onnx]")')

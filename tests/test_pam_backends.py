@@ -1,11 +1,20 @@
 """PAM on the pure-PyTorch backends (eager, chunked) against the float64 reference."""
 import pytest
 import torch
+from helpers import (
+    PAM_INPUTS,
+    check_pam,
+    cond_err,
+    pam_gamma_terms,
+    pam_inputs,
+    pam_reference,
+    pam_yardsticks,
+    rel_err,
+    run_pam,
+)
 
 import danet_ops
 from danet_ops import chunked
-from helpers import (PAM_INPUTS, check_pam, cond_err, pam_gamma_terms, pam_inputs, pam_reference, pam_yardsticks,
-                     rel_err, run_pam)
 
 SHAPES = [  # (batch, in_channels, H, W): Cqk = C // 8
     (1, 16, 13, 17),
@@ -95,7 +104,9 @@ def test_pam_gradcheck_float64():
     gamma = torch.tensor(0.6, dtype=torch.float64, requires_grad=True)
 
     def fn(q, k, v, gamma, residual):
-        return danet_ops.position_attention(q, k, v, gamma=gamma, residual=residual, scale=0.7, backend="chunked")
+        return danet_ops.position_attention(
+            q, k, v, gamma=gamma, residual=residual, scale=0.7, backend="chunked"
+        )
 
     assert torch.autograd.gradcheck(fn, (q, k, v, gamma, residual))
 

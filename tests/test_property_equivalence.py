@@ -28,12 +28,12 @@ import os
 
 import pytest
 import torch
+from helpers import cam_yardsticks, cond_err, pam_yardsticks
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import danet_ops
 from danet_ops.backends import unavailable_reason
-from helpers import cam_yardsticks, cond_err, pam_yardsticks
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ON_GPU = DEVICE == "cuda"
@@ -315,7 +315,8 @@ def test_emulated_cuda_pam_matches_float64_reference(emulated_kernels, b, cqk, c
     ref_grads = torch.autograd.grad(ref, leaves, dout.double())
     sticks = pam_yardsticks(q, k, v, g, res, dout, scale)
     errors = {"out": cond_err(out, ref, sticks[0])}
-    for name, got, ref_g, stick in zip(("dq", "dk", "dv", "dgamma"), (dq, dk, dv, dgamma), ref_grads, sticks[1:]):
+    grads = (dq, dk, dv, dgamma)
+    for name, got, ref_g, stick in zip(("dq", "dk", "dv", "dgamma"), grads, ref_grads, sticks[1:]):
         errors[name] = cond_err(got, ref_g, stick)
     tol = TOL[dtype]
     bad = {name: e for name, e in errors.items() if not e <= tol}
@@ -324,11 +325,19 @@ def test_emulated_cuda_pam_matches_float64_reference(emulated_kernels, b, cqk, c
 
 @pytest.mark.skipif(ON_GPU, reason="the real cuda backend is in the tests above on a GPU")
 @EMU_DTYPES
-@given(b=st.integers(1, 2), c=st.integers(1, 80), n=st.integers(1, 81),
-       gamma=st.sampled_from([None, 0.75]), splits=st.integers(1, 3),
-       gram=st.sampled_from([0.5, 5.0, 30.0]), seed=st.integers(0, 2**31 - 1))
+@given(
+    b=st.integers(1, 2),
+    c=st.integers(1, 80),
+    n=st.integers(1, 81),
+    gamma=st.sampled_from([None, 0.75]),
+    splits=st.integers(1, 3),
+    gram=st.sampled_from([0.5, 5.0, 30.0]),
+    seed=st.integers(0, 2**31 - 1),
+)
 @_examples(5)
-def test_emulated_cuda_cam_matches_float64_reference(emulated_kernels, b, c, n, dtype, gamma, splits, gram, seed):
+def test_emulated_cuda_cam_matches_float64_reference(
+    emulated_kernels, b, c, n, dtype, gamma, splits, gram, seed
+):
     import cuda_emulation
 
     gen = torch.Generator().manual_seed(seed)
@@ -339,8 +348,11 @@ def test_emulated_cuda_cam_matches_float64_reference(emulated_kernels, b, c, n, 
     dx, dgamma = cuda_emulation.cam_backward(emulated_kernels, dout, x, attn, g, splits)
 
     leaves = [x.double().requires_grad_()] + ([] if g is None else [g.double().requires_grad_()])
-    ref = danet_ops.channel_attention_reference(*leaves) if g is not None else \
-        danet_ops.channel_attention_reference(leaves[0])
+    ref = (
+        danet_ops.channel_attention_reference(*leaves)
+        if g is not None
+        else danet_ops.channel_attention_reference(leaves[0])
+    )
     ref_grads = torch.autograd.grad(ref, leaves, dout.double())
     out_stick, dx_stick, dgamma_stick = cam_yardsticks(x, g, dout)
     errors = {"out": cond_err(out, ref, out_stick), "dx": cond_err(dx, ref_grads[0], dx_stick)}

@@ -6,10 +6,10 @@ interpreter's bf16 dot is wrong.
 """
 import pytest
 import torch
+from helpers import cam_reference, check_cam, rel_err, run_cam, tolerance
 
 import danet_ops
 from danet_ops import ops
-from helpers import cam_reference, check_cam, rel_err, run_cam, tolerance
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -26,7 +26,9 @@ pytestmark = pytest.mark.skipif(
 @pytest.mark.parametrize("with_gamma", [True, False], ids=["gamma", "no_gamma"])
 @pytest.mark.parametrize("shape", [(1, 8, 37), (2, 24, 13, 17), (1, 64, 13, 17), (2, 40, 37)], ids=str)
 def test_matches_float64_reference(shape, dtype, with_gamma):
-    run = check_cam("triton", shape, dtype=dtype, device=DEVICE, gamma=0.7 if with_gamma else None, magnitude=0.2)
+    run = check_cam(
+        "triton", shape, dtype=dtype, device=DEVICE, gamma=0.7 if with_gamma else None, magnitude=0.2
+    )
     for name, g in run.grads.items():
         assert g.dtype == (dtype if name == "dx" else run.inputs["gamma"].dtype), name
 
@@ -43,8 +45,13 @@ def test_tf32_allowed():
     previous = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("high")
     try:
-        check_cam("triton", (2, 24, 37), device=DEVICE, magnitude=0.3,
-                  regime="default" if DEVICE == "cpu" else "cam-tf32")
+        check_cam(
+            "triton",
+            (2, 24, 37),
+            device=DEVICE,
+            magnitude=0.3,
+            regime="default" if DEVICE == "cpu" else "cam-tf32",
+        )
     finally:
         torch.set_float32_matmul_precision(previous)
 

@@ -6,9 +6,9 @@ smaller ones against the float64 reference.
 """
 import pytest
 import torch
+from helpers import check_cam, rel_err, run_cam
 
 import danet_ops
-from helpers import check_cam, rel_err, run_cam
 
 pytestmark = pytest.mark.gpu
 
@@ -32,7 +32,9 @@ def _inputs(shape, dtype, scale=0.05):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("shape", [(2, 64, 97, 97), (1, 512, 1024), (2, 200, 13, 17), (3, 1000, 300)], ids=str)
+@pytest.mark.parametrize(
+    "shape", [(2, 64, 97, 97), (1, 512, 1024), (2, 200, 13, 17), (3, 1000, 300)], ids=str
+)
 def test_matches_float64_reference(shape, dtype):
     """Ragged N, C below, at and above one tile, non-power-of-two C up to 1000."""
     check_cam("triton", shape, dtype=dtype, device="cuda", magnitude=0.05)
@@ -123,4 +125,6 @@ def test_cuda_graph_capture():
     graph.replay()
     torch.cuda.synchronize()
     out, grads = run_cam("triton", x, gamma, static_dout)
-    assert torch.equal(static_out, out) and all(torch.equal(static_grads[name], grads[name]) for name in grads)
+    assert torch.equal(static_out, out) and all(
+        torch.equal(static_grads[name], grads[name]) for name in grads
+    )

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import PAM_INPUTS, check_pam, pam_inputs, rel_err, run_pam, tolerance
 
 import danet_ops
 from danet_ops.triton import unavailable_reason
-from helpers import PAM_INPUTS, check_pam, pam_inputs, rel_err, run_pam, tolerance
 
 pytestmark = pytest.mark.skipif(
     unavailable_reason(torch.device("cuda" if torch.cuda.is_available() else "cpu")) is not None,

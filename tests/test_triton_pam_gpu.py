@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import (
+    PAM_INPUTS,
+    assert_errors_within,
+    check_pam,
+    pam_gamma_terms,
+    pam_inputs,
+    rel_err,
+    run_pam,
+    tolerance,
+)
 
 import danet_ops
-from helpers import (PAM_INPUTS, assert_errors_within, check_pam, pam_gamma_terms, pam_inputs, rel_err, run_pam,
-                     tolerance)
 
 pytestmark = pytest.mark.gpu
 
@@ -44,7 +52,9 @@ SHAPES = [
 @pytest.mark.parametrize("epilogue", [True, False], ids=["gamma+residual", "plain"])
 @pytest.mark.parametrize("batch,cqk,cv,n", SHAPES)
 def test_matches_reference(batch, cqk, cv, n, epilogue, dtype):
-    run = check_pam("triton", batch, cqk, cv, n, dtype=dtype, device=DEVICE, gamma=epilogue, residual=epilogue)
+    run = check_pam(
+        "triton", batch, cqk, cv, n, dtype=dtype, device=DEVICE, gamma=epilogue, residual=epilogue
+    )
     assert all(run.grads[name].dtype == dtype for name in ("dq", "dk", "dv"))
 
 
@@ -52,8 +62,9 @@ def test_4d_ragged_input():
     """[B, C, H, W] with H·W = 97·97, as DANet's 769x769 Cityscapes crop gives."""
     q, k, v, gamma, residual = pam_inputs(1, 64, 512, 97 * 97, dtype=torch.float16, device=DEVICE)
     view = lambda t: t.view(*t.shape[:2], 97, 97)  # noqa: E731
-    out = danet_ops.position_attention(view(q), view(k), view(v), gamma=gamma, residual=view(residual),
-                                       backend="triton")
+    out = danet_ops.position_attention(
+        view(q), view(k), view(v), gamma=gamma, residual=view(residual), backend="triton"
+    )
     assert out.shape == (1, 512, 97, 97)
     ref = danet_ops.position_attention_reference(*(t.double() for t in (q, k, v, gamma, residual)))
     assert rel_err(out.view(1, 512, -1), ref) <= tolerance(torch.float16)[0]
@@ -86,7 +97,9 @@ def test_large_logits_half(dtype):
     chunked backend's included); bf16's 8-bit mantissa gets 3e-2 (helpers.TOLERANCES,
     regime "large-logits").
     """
-    run = check_pam("triton", 2, 64, 512, 4096, dtype=dtype, device=DEVICE, magnitude=5.0, regime="large-logits")
+    run = check_pam(
+        "triton", 2, 64, 512, 4096, dtype=dtype, device=DEVICE, magnitude=5.0, regime="large-logits"
+    )
     logits = torch.einsum("bci,bcj->bij", run.inputs["q"][:1].double(), run.inputs["k"][:1].double())
     assert logits.abs().max() > 800
 
@@ -108,8 +121,9 @@ def test_sum_backward_matches_explicit_ones():
 def test_non_contiguous_inputs():
     from danet_ops.triton import pam
 
-    q, k, v, gamma, residual = (t.detach() for t in pam_inputs(2, 64, 512, 1024, dtype=torch.float16,
-                                                              device=DEVICE))
+    q, k, v, gamma, residual = (
+        t.detach() for t in pam_inputs(2, 64, 512, 1024, dtype=torch.float16, device=DEVICE)
+    )
     as_nc = lambda t: t.transpose(1, 2).contiguous().transpose(1, 2)  # noqa: E731
     wide = torch.randn(2, 100, 1024, device=DEVICE, dtype=torch.float16)
     wide[:, 10:74] = q
@@ -134,15 +148,26 @@ def test_outputs_fully_written():
     from danet_ops.triton import pam
 
     batch, cqk, cv, n = 2, 64, 512, 9409
-    q, k, v, gamma, residual = (t.detach() for t in pam_inputs(batch, cqk, cv, n, dtype=torch.float16,
-                                                              device=DEVICE))
+    q, k, v, gamma, residual = (
+        t.detach() for t in pam_inputs(batch, cqk, cv, n, dtype=torch.float16, device=DEVICE)
+    )
     dout = torch.randn_like(v)
 
     def poison():
-        blocks = [torch.full((batch, c, n), float("nan"), device=DEVICE, dtype=dt)
-                  for c, dt in ((cv, v.dtype), (cv, v.dtype), (cv, v.dtype), (cqk, q.dtype),
-                                (cqk, q.dtype), (cqk, torch.float32), (1, torch.float32),
-                                (1, torch.float32), (1, torch.float32))]
+        blocks = [
+            torch.full((batch, c, n), float("nan"), device=DEVICE, dtype=dt)
+            for c, dt in (
+                (cv, v.dtype),
+                (cv, v.dtype),
+                (cv, v.dtype),
+                (cqk, q.dtype),
+                (cqk, q.dtype),
+                (cqk, torch.float32),
+                (1, torch.float32),
+                (1, torch.float32),
+                (1, torch.float32),
+            )
+        ]
         del blocks
 
     poison()
@@ -173,8 +198,13 @@ def test_deterministic_bitwise(dtype):
     for name in grads1:
         assert torch.equal(grads1[name], grads2[name]), name
     # The atomic (default) and ordered dQ paths agree within helpers.TOLERANCES.
-    assert_errors_within(grads1, fast_grads, tolerance(dtype), terms={"dgamma": pam_gamma_terms(inputs, dout)},
-                         context=f"deterministic vs atomic dQ, {dtype}")
+    assert_errors_within(
+        grads1,
+        fast_grads,
+        tolerance(dtype),
+        terms={"dgamma": pam_gamma_terms(inputs, dout)},
+        context=f"deterministic vs atomic dQ, {dtype}",
+    )
 
 
 def _module_grads(module, x, dout, params_of=None):
@@ -241,7 +271,9 @@ def test_cuda_graph_capture_and_replay(dtype):
         assert rel_err(graph_grads[name], grads[name]) <= tol, name
 
 
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs (tensors on cuda:1, cuda:0 current)")
+@pytest.mark.skipif(
+    torch.cuda.device_count() < 2, reason="needs two GPUs (tensors on cuda:1, cuda:0 current)"
+)
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 def test_runs_on_the_tensors_device(backend):
     """Triton launches on the current device unless told otherwise: tensors on cuda:1 while

@@ -6,9 +6,9 @@ a kernel forgets to store stays NaN and fails the comparison with the float64 re
 """
 import pytest
 import torch
+from helpers import pam_inputs, rel_err
 
 import danet_ops
-from helpers import pam_inputs, rel_err
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -42,7 +42,9 @@ def test_pam_writes_every_output(poisoned_allocations, with_epilogue):
     out = danet_ops.position_attention(q, k, v, gamma=gamma, residual=residual, backend="triton")
     dout = torch.randn(out.shape, device=DEVICE)
     grads = torch.autograd.grad(out, leaves, dout)
-    inputs64 = [t.detach().double().requires_grad_() if t is not None else None for t in (q, k, v, gamma, residual)]
+    inputs64 = [
+        t.detach().double().requires_grad_() if t is not None else None for t in (q, k, v, gamma, residual)
+    ]
     ref = danet_ops.position_attention_reference(*inputs64)
     ref_grads = torch.autograd.grad(ref, [t for t in inputs64 if t is not None], dout.double())
     assert (2, 96, 221) in poisoned_allocations and (2, 221) in poisoned_allocations  # out, lse
@@ -60,7 +62,11 @@ def test_cam_writes_every_output(poisoned_allocations, with_gamma):
     dout = torch.randn(out.shape, device=DEVICE)
     grads = torch.autograd.grad(out, leaves, dout)
     leaves64 = [t.detach().double().requires_grad_() for t in leaves]
-    ref = danet_ops.channel_attention_reference(*leaves64) if with_gamma else danet_ops.channel_attention_reference(leaves64[0])
+    ref = (
+        danet_ops.channel_attention_reference(*leaves64)
+        if with_gamma
+        else danet_ops.channel_attention_reference(leaves64[0])
+    )
     ref_grads = torch.autograd.grad(ref, leaves64, dout.double())
     assert (2, 40, 221) in poisoned_allocations  # out / dx
     assert torch.isfinite(out).all() and rel_err(out, ref) < 1e-5

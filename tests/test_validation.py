@@ -115,9 +115,12 @@ def test_python_number_gamma_equals_tensor_gamma(gamma, dtype):
     assert torch.equal(cam, danet_ops.channel_attention(x, gamma=as_tensor, backend="chunked"))
     q, k, v = torch.randn(2, 4, 5, 6, dtype=dtype), torch.randn(2, 4, 5, 6, dtype=dtype), x
     pam = danet_ops.position_attention(q, k, v, gamma=gamma, residual=x, backend="chunked")
-    assert torch.equal(pam, danet_ops.position_attention(q, k, v, gamma=as_tensor, residual=x, backend="chunked"))
+    pam_tensor = danet_ops.position_attention(q, k, v, gamma=as_tensor, residual=x, backend="chunked")
+    assert torch.equal(pam, pam_tensor)
     eager = danet_ops.channel_attention(x.double(), gamma=gamma, backend="eager")
-    assert torch.allclose(eager, danet_ops.channel_attention(x.double(), gamma=as_tensor.double(), backend="eager"))
+    assert torch.allclose(
+        eager, danet_ops.channel_attention(x.double(), gamma=as_tensor.double(), backend="eager")
+    )
 
 
 def test_cam_too_large_for_memory_is_refused_before_allocating():
@@ -137,7 +140,9 @@ def test_cam_too_large_for_memory_is_refused_before_allocating():
 def test_memory_check_uses_the_device_free_memory(monkeypatch):
     monkeypatch.setattr(functional, "_free_bytes", lambda device: 100 * 2**20)
     x = torch.randn(1, 8192, 1)  # a 256 MiB C x C matrix, over the 100 MiB "free"
-    with pytest.raises(danet_ops.AttentionMemoryError, match="C = 8192.*268,435,456 bytes.*104,857,600 bytes"):
+    with pytest.raises(
+        danet_ops.AttentionMemoryError, match="C = 8192.*268,435,456 bytes.*104,857,600 bytes"
+    ):
         danet_ops.channel_attention(x, backend="chunked")
     q = torch.randn(1, 4, 128, 64)  # N = 8192: eager PAM's N x N matrix, the same 256 MiB
     with pytest.raises(danet_ops.AttentionMemoryError, match="N = 8192.*chunked"):
