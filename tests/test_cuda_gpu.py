@@ -63,6 +63,22 @@ def test_pam_matches_float64_reference(dtype, shape):
         assert rel_err(g, r) <= GRAD_TOL[dtype], name
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 16, 64, 64), (1, 8, 200, 9), (1, 130, 8, 40), (2, 16, 130, 136)])
+def test_pam_half_backward_edges_match_float64_reference(dtype, shape):
+    # The mma.sync backward's edges (as in test_cuda_build.py's emulated cases): N = 64
+    # unpadded, N under one fragment with Cv over three dP chunks and one dV block, Cqk over
+    # two dK/dQ channel blocks, N a multiple of 8 over two key tiles.
+    batch, cqk, cv, n = shape
+    q, k, v, gamma, residual = pam_inputs(batch, cqk, cv, n, dtype=dtype, device="cuda", magnitude=0.5)
+    dout = torch.randn(batch, cv, n, device="cuda").to(dtype)
+    out, grads = _pam_grads("cuda", q, k, v, gamma, residual, dout)
+    ref, ref_grads = _pam_reference_grads(q, k, v, gamma, residual, dout)
+    assert rel_err(out, ref) <= TOL[dtype]
+    for name, g, r in zip("q k v gamma residual".split(), grads, ref_grads):
+        assert rel_err(g, r) <= GRAD_TOL[dtype], name
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_pam_without_epilogue_and_with_scale(dtype):
     q, k, v, _, _ = pam_inputs(2, 16, 40, 300, dtype=dtype, device="cuda")
@@ -122,8 +138,10 @@ def test_pam_nan_propagates():
     assert torch.isnan(out[0, :, 7]).all()
 
 
-def test_pam_backward_is_deterministic():
-    q, k, v, gamma, residual = pam_inputs(2, 64, 128, 1000, device="cuda")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pam_backward_is_deterministic(dtype):
+    # fp16/bf16 take the mma.sync dV and dK/dQ kernels on sm_80+, fp32 the tile kernels.
+    q, k, v, gamma, residual = pam_inputs(2, 64, 128, 1000, dtype=dtype, device="cuda")
     dout = torch.randn_like(v)
     _, first = _pam_grads("cuda", q, k, v, gamma, residual, dout)
     _, second = _pam_grads("cuda", q, k, v, gamma, residual, dout)
