@@ -3,7 +3,9 @@
 #include "common.cuh"
 #include "pam_kernels.cuh"
 
+#include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <tuple>
 #include <type_traits>
 
@@ -29,28 +31,33 @@ void check_pam_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor
               "danet_ops: PAM sizes out of range: q ", q.sizes(), ", v ", v.sizes());
 }
 
-// Whether pam_forward_mma_kernel can run here: sm_80 or newer, and q, two k stages and two
-// v stages in the shared memory a block may opt in to. Returns its byte count, or 0.
-size_t mma_forward_smem(int64_t cqk) {
+// Whether an mma.sync kernel needing `bytes` of dynamic shared memory can run here: sm_80
+// or newer, and no more than a block may opt in to.
+bool mma_fits(size_t bytes) {
   int dev = 0, major = 0, optin = 0;
   C10_CUDA_CHECK(cudaGetDevice(&dev));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  const size_t bytes = pam_mma::smem_bytes(static_cast<int>(cqk));
-  return major >= 8 && bytes <= static_cast<size_t>(optin) ? bytes : 0;
+  return major >= 8 && bytes <= static_cast<size_t>(optin);
 }
 
-// q, k, v as pam_forward_mma_kernel reads them: rows of a 16-byte aligned buffer with a
+// Whether pam_forward_mma_kernel can run here (q, two k stages and two v stages in shared
+// memory). Returns its byte count, or 0.
+size_t mma_forward_smem(int64_t cqk) {
+  const size_t bytes = pam_mma::smem_bytes(static_cast<int>(cqk));
+  return mma_fits(bytes) ? bytes : 0;
+}
+
+// The inputs as the mma.sync kernels read them: rows of a 16-byte aligned buffer with a
 // stride (ld) that is a multiple of 8 positions. Dense inputs that are already so are used
 // as they are; otherwise each is copied once into a zero-padded [B, C, ld] buffer (O(C*N)
-// bytes against the kernel's O(N^2*C) work), so every load is a 16-byte cp.async and the
-// padding reads as zeros (P = 0 there, and 0 * v stays 0).
-int64_t mma_row_stride(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
-  const int64_t n = q.size(2);
-  const auto aligned = [](const at::Tensor& t) {
-    return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
-  };
-  return n % 8 == 0 && aligned(q) && aligned(k) && aligned(v) ? n : (n + 7) / 8 * 8;
+// bytes against the kernels' O(N^2*C) work), so every load is a 16-byte cp.async and the
+// padding reads as zeros (the kernels give P = 0 there, and 0 * v stays 0).
+int64_t mma_row_stride(std::initializer_list<const at::Tensor*> ts) {
+  const int64_t n = (*ts.begin())->size(2);
+  bool direct = n % 8 == 0;
+  for (const at::Tensor* t : ts) direct = direct && reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0;
+  return direct ? n : (n + 7) / 8 * 8;
 }
 
 at::Tensor padded_rows(const at::Tensor& t, int64_t ld) {
@@ -66,7 +73,7 @@ bool launch_mma_forward(PamArgs<T> p, const at::Tensor& q, const at::Tensor& k, 
                         at::Tensor& out, T* o_raw, at::Tensor& lse, cudaStream_t stream) {
   const size_t smem = mma_forward_smem(p.cqk);
   if (smem == 0) return false;
-  const int64_t ld = mma_row_stride(q, k, v);
+  const int64_t ld = mma_row_stride({&q, &k, &v});
   const auto qp = padded_rows(q, ld), kp = padded_rows(k, ld), vp = padded_rows(v, ld);
   p.q = qp.data_ptr<T>();
   p.k = kp.data_ptr<T>();
@@ -78,6 +85,42 @@ bool launch_mma_forward(PamArgs<T> p, const at::Tensor& q, const at::Tensor& k, 
   const dim3 grid(ceil_div(p.n, pam_mma::BM), ceil_div(p.cv, pam_mma::CVT), q.size(0));
   kernel<<<grid, pam_mma::BLOCK_THREADS, smem, stream>>>(p, out.data_ptr<T>(), o_raw,
                                                          lse.data_ptr<float>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return true;
+}
+
+// pam_dv_mma_kernel and pam_dqk_mma_kernel for p (its q, k, v, dout, ld set here), if both
+// can run on this GPU; p.delta must be written first (pam_delta_kernel).
+template <typename T>
+bool launch_mma_backward(PamArgs<T> p, const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                         const at::Tensor& v, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv,
+                         cudaStream_t stream) {
+  const int cqk = p.cqk;
+  const size_t dv_smem = pam_mma::smem_bytes(cqk), dqk_smem = pam_mma::dqk_smem_bytes(cqk);
+  if (p.cqk == 0 || p.cv == 0 || !mma_fits(std::max(dv_smem, dqk_smem))) return false;
+  const int64_t ld = mma_row_stride({&q, &k, &v, &dout});
+  const auto qp = padded_rows(q, ld), kp = padded_rows(k, ld), vp = padded_rows(v, ld),
+             dp = padded_rows(dout, ld);
+  p.q = qp.data_ptr<T>();
+  p.k = kp.data_ptr<T>();
+  p.v = vp.data_ptr<T>();
+  p.dout = dp.data_ptr<T>();
+  p.ld = static_cast<int>(ld);
+  const auto dv_kernel = pam_dv_mma_kernel<T>;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(dv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(dv_smem)));
+  const dim3 dv_grid(ceil_div(p.n, pam_mma::BM), ceil_div(p.cv, pam_mma::CVT), q.size(0));
+  dv_kernel<<<dv_grid, pam_mma::BLOCK_THREADS, dv_smem, stream>>>(p, dv.data_ptr<T>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const auto dk_kernel = pam_dqk_mma_kernel<T, true>;
+  const auto dq_kernel = pam_dqk_mma_kernel<T, false>;
+  for (const auto kernel : {dk_kernel, dq_kernel})
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(dqk_smem)));
+  const dim3 grid(ceil_div(p.n, pam_mma::BM), ceil_div(cqk, pam_mma::GC), q.size(0));
+  dk_kernel<<<grid, pam_mma::BLOCK_THREADS, dqk_smem, stream>>>(p, dk.data_ptr<T>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  dq_kernel<<<grid, pam_mma::BLOCK_THREADS, dqk_smem, stream>>>(p, dq.data_ptr<T>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return true;
 }
@@ -186,6 +229,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pam_backward(
           p.dout, o.data_ptr<scalar_t>(), p.gamma, cv, n, rowdot.data_ptr<float>(),
           delta.data_ptr<float>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
+      // fp16/bf16 on mma.sync where the GPU and shared memory allow (pam_kernels.cuh); fp32,
+      // and half types elsewhere, on the 64x64 tile kernels.
+      if constexpr (!std::is_same<scalar_t, float>::value) {
+        if (launch_mma_backward(p, dout, q, k, v, dq, dk, dv, stream)) return;
+      }
       if (cv > 0) {
         pam_dv_kernel<scalar_t><<<dim3(ceil_div(n, TILE), ceil_div(cv, TILE), batch), THREADS, 0, stream>>>(
             p, dv.data_ptr<scalar_t>());

@@ -31,8 +31,14 @@
 //   dK, dQ:     one kernel, two instantiations: per (key tile | query tile, qk-channel
 //               tile) it loops over the other axis, recomputing P and
 //               dS = scale * P * (dO^T v - delta), and accumulates q.dS or k.dS^T.
-// dO = gamma * dout. Ragged N (97*97 = 9409) is masked: out-of-range positions load as
-// zeros, get P = 0, and are never stored.
+// dO = gamma * dout. fp16/bf16 run these on mma.sync (pam_dv_mma_kernel,
+// pam_dqk_mma_kernel: the forward's building blocks, S, P, dP and dS in registers as
+// fragments; dV per 128 v channels as the forward's O, dK / dQ per 64 qk channels with
+// dP's reduction over Cv streamed in 64-channel chunks); fp32, and half types where those
+// cannot run, take the 64x64 tile kernels pam_dv_kernel / pam_dqk_kernel. FLOPs of the
+// mma backward: dV 2*N^2*(ceil(Cv/128)*Cqk + Cv), dK and dQ 2*N^2*(2*Cqk + Cv) each for
+// Cqk <= 64. Ragged N (97*97 = 9409) is masked: out-of-range positions load as zeros, get
+// P = 0, and are never stored.
 #pragma once
 
 #include "mma.cuh"
@@ -240,10 +246,22 @@ constexpr int OPITCH = BM + 4;  // fp32 O^T staging for the epilogue (conflict-f
 static_assert(BM == BN, "q and k tiles share the shared-memory row layout");
 static_assert(CVT * OPITCH * 4 <= 2 * CVT * PITCH * 2, "the O^T staging reuses the two v stages");
 
+// Backward: dK / dQ blocks stream the v / dO channels in chunks of YC (dP = dO^T v reduces
+// over all Cv) and hold the gradient of GC qk channels (grid.y tiles larger Cqk).
+constexpr int YC = 64;
+constexpr int GC = 64;
+static_assert(GC * OPITCH * 4 <= 4 * YC * PITCH * 2, "the dK/dQ staging reuses the v/dO chunk stages");
+
 constexpr int cqk_padded(int cqk) { return (cqk + 15) / 16 * 16; }
-// Dynamic shared memory of a block (elements are 2 bytes): q, two k stages, two v stages.
+// Dynamic shared memory of a block (elements are 2 bytes): q, two k stages, two v stages;
+// also pam_dv_mma_kernel's (k, two q stages, two dO stages).
 inline size_t smem_bytes(int cqk) {
   return static_cast<size_t>(3 * cqk_padded(cqk) + 2 * CVT) * PITCH * 2;
+}
+// pam_dqk_mma_kernel's: own q or k, two stages of the other, two stages each of the own and
+// the other v / dO chunk.
+inline size_t dqk_smem_bytes(int cqk) {
+  return static_cast<size_t>(3 * cqk_padded(cqk) + 4 * YC) * PITCH * 2;
 }
 }  // namespace pam_mma
 
@@ -479,6 +497,324 @@ pam_delta_kernel(const T* dout, const T* o, const float* gamma, int cv, int n, f
   rowdot[(int64_t)b * n + i] = s;
   delta[(int64_t)b * n + i] = s * scalar_or_one(gamma);
 }
+
+// ---- backward on mma.sync (fp16/bf16) -------------------------------------------------
+// Both kernels read q, k, v, dout with row stride p.ld (zero-padded by pam.cu as for the
+// forward) and write dense [B, C, N] gradients. Warp w owns the block's positions
+// o0 + 16w .. + 15 (keys for dV and dK, queries for dQ) as the rows of its fragments; the
+// other axis streams in tiles of 64 (double-buffered cp.async), and P is recomputed from
+// the LSE in registers as in the forward. Positions past N get P = 0 explicitly (the zero
+// padding alone would give exp(0 - lse)). dO = gamma * dout enters as an fp32 factor on
+// the products, not as rounded operands.
+
+// dV[c][j] = gamma * sum_i dout[c][i] P[i][j]: one block per (key tile of 64, v-channel
+// tile of CVT, batch item), looping over query tiles: the forward's kernel with q and k
+// exchanged, P^T[j][i] = exp(scale * k_j.q_i - lse_i) in place of the online softmax, and
+// dout for v. Shared memory: pam_mma::smem_bytes(cqk).
+template <typename T>
+__global__ void __launch_bounds__(pam_mma::BLOCK_THREADS) pam_dv_mma_kernel(PamArgs<T> p, T* dv) {
+#if DANET_HAS_MMA
+  using namespace pam_mma;
+  using E = typename wmma_elem<T>::type;
+  DANET_DYNAMIC_SMEM(smem);
+  const int cqk = p.cqk, cv = p.cv, n = p.n, ld = p.ld;
+  const int cqkp = cqk_padded(cqk);
+  T* ks = reinterpret_cast<T*>(smem);  // k[c][j0 + j], c < cqkp
+  T* qs = ks + cqkp * PITCH;           // two stages of q[c][i0 + i]
+  T* ds = qs + 2 * cqkp * PITCH;       // two stages of dout[c0 + c][i0 + i], c < CVT
+  float* os = reinterpret_cast<float*>(ds);  // after the query loop: dV^T[c][j], pitch OPITCH
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int lr = lane % 8, lm = lane / 8;
+  const int j0 = blockIdx.x * BM, c0 = blockIdx.y * CVT, b = blockIdx.z;
+  const T* q = p.q + (int64_t)b * cqk * ld;
+  const T* k = p.k + (int64_t)b * cqk * ld;
+  const T* dout = p.dout + ((int64_t)b * cv + c0) * ld;
+  const float* lse = p.lse + (int64_t)b * n;
+  const int tiles = (n + BN - 1) / BN;
+
+  stage_async(ks, k, cqkp, cqk, ld, j0);
+  stage_async(qs, q, cqkp, cqk, ld, 0);
+  stage_async(ds, dout, CVT, cv - c0, ld, 0);
+  mma::cp_async_commit();
+
+  float acc[CVT / 8][4];  // dV[j][c0 + 8 nc + 2t + e % 2] / gamma
+#pragma unroll
+  for (int nc = 0; nc < CVT / 8; ++nc)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[nc][e] = 0.0f;
+
+  for (int tile = 0; tile < tiles; ++tile) {
+    const int i0 = tile * BN, st = tile % 2;
+    if (tile + 1 < tiles) {
+      stage_async(qs + (st ^ 1) * cqkp * PITCH, q, cqkp, cqk, ld, i0 + BN);
+      stage_async(ds + (st ^ 1) * CVT * PITCH, dout, CVT, cv - c0, ld, i0 + BN);
+      mma::cp_async_commit();
+      mma::cp_async_wait<1>();
+    } else {
+      mma::cp_async_wait<0>();
+    }
+    __syncthreads();
+    const T* qt = qs + st * cqkp * PITCH;
+    const T* dt = ds + st * CVT * PITCH;
+
+    // S^T[j][i] = sum_c k[c][j] q[c][i], addressed as the forward's q^T k.
+    float s[BN / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nt][e] = 0.0f;
+    for (int kc = 0; kc < cqkp; kc += 16) {
+      uint32_t a[4];
+      mma::ldmatrix_x4_trans(a, ks + (kc + lr + 8 * (lm / 2)) * PITCH + 16 * warp + 8 * (lm % 2));
+#pragma unroll
+      for (int np = 0; np < BN / 16; ++np) {
+        uint32_t bq[4];
+        mma::ldmatrix_x4_trans(bq, qt + (kc + lr + 8 * (lm % 2)) * PITCH + 16 * np + 8 * (lm / 2));
+        mma::mma_16816<E>(s[2 * np], a, bq[0], bq[1]);
+        mma::mma_16816<E>(s[2 * np + 1], a, bq[2], bq[3]);
+      }
+    }
+    // P^T[j][i]: key j = j0 + 16 warp + g + 8h (element 2h + e), query i = i0 + 8 nt + 2t + e.
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int i = i0 + 8 * nt + 2 * t + e;
+        const float lse_i = i < n ? lse[i] : 0.0f;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int j = j0 + 16 * warp + g + 8 * h;
+          float& x = s[nt][2 * h + e];
+          x = i < n && j < n ? expf(x * p.scale - lse_i) : 0.0f;
+        }
+      }
+    // dV[j][c] += sum_i P^T[j][i] dout[c][i]: B from dout stored [c][i] by plain ldmatrix.
+#pragma unroll
+    for (int kj = 0; kj < BN / 16; ++kj) {
+      uint32_t pa[4];
+      pa[0] = mma::pack2<E>(s[2 * kj][0], s[2 * kj][1]);
+      pa[1] = mma::pack2<E>(s[2 * kj][2], s[2 * kj][3]);
+      pa[2] = mma::pack2<E>(s[2 * kj + 1][0], s[2 * kj + 1][1]);
+      pa[3] = mma::pack2<E>(s[2 * kj + 1][2], s[2 * kj + 1][3]);
+#pragma unroll
+      for (int cp = 0; cp < CVT / 16; ++cp) {
+        if (c0 + 16 * cp < cv) {  // warp-uniform
+          uint32_t bd[4];
+          mma::ldmatrix_x4(bd, dt + (16 * cp + lr + 8 * (lm / 2)) * PITCH + 16 * kj + 8 * (lm % 2));
+          mma::mma_16816<E>(acc[2 * cp], pa, bd[0], bd[1]);
+          mma::mma_16816<E>(acc[2 * cp + 1], pa, bd[2], bd[3]);
+        }
+      }
+    }
+    __syncthreads();
+  }
+
+  const float gm = scalar_or_one(p.gamma);
+#pragma unroll
+  for (int nc = 0; nc < CVT / 8; ++nc)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      os[(8 * nc + 2 * t + e % 2) * OPITCH + 16 * warp + g + 8 * (e / 2)] = acc[nc][e] * gm;
+  __syncthreads();
+  for (int e = threadIdx.x; e < CVT * BM; e += BLOCK_THREADS) {
+    const int cc = e / BM, jj = e % BM;
+    const int c = c0 + cc, j = j0 + jj;
+    if (c < cv && j < n) dv[((int64_t)b * cv + c) * n + j] = from_float<T>(os[cc * OPITCH + jj]);
+  }
+#else
+  __trap();  // the host dispatch launches this kernel on sm_80 and newer only
+#endif
+}
+
+// FOR_DK: dK[c][j] = sum_i q[c][i] dS[i][j], one block per (key tile of 64, qk-channel tile
+//         of GC, batch item), looping over query tiles;
+// else:   dQ[c][i] = sum_j k[c][j] dS[i][j], one block per (query tile, qk-channel tile),
+//         looping over key tiles;
+// dS[i][j] = scale * P[i][j] * (gamma * sum_c dout[c][i] v[c][j] - delta_i). With "own" the
+// block's positions and "other" the streamed ones: X = (k | q) and Y = (v | dout) of the own
+// positions, X' = (q | k) and Y' = (dout | v) of the other. Per other tile: S = X^T X'
+// (Cqk), dP = Y^T Y' over Cv in chunks of YC (own and other chunk both staged, double
+// buffered over the flattened (tile, chunk) steps), then grad[o][c] += dS[o][u] X'[c][u].
+// Shared memory: pam_mma::dqk_smem_bytes(cqk).
+template <typename T, bool FOR_DK>
+__global__ void __launch_bounds__(pam_mma::BLOCK_THREADS) pam_dqk_mma_kernel(PamArgs<T> p, T* grad) {
+#if DANET_HAS_MMA
+  using namespace pam_mma;
+  using E = typename wmma_elem<T>::type;
+  DANET_DYNAMIC_SMEM(smem);
+  const int cqk = p.cqk, cv = p.cv, n = p.n, ld = p.ld;
+  const int cqkp = cqk_padded(cqk);
+  T* xo = reinterpret_cast<T*>(smem);  // X[c][o0 + o], c < cqkp
+  T* xu = xo + cqkp * PITCH;           // two stages of X'[c][u0 + u] (by tile parity)
+  T* yo = xu + 2 * cqkp * PITCH;       // two stages of Y[ch + c][o0 + o], c < YC (by step parity)
+  T* yu = yo + 2 * YC * PITCH;         // two stages of Y'[ch + c][u0 + u]
+  float* os = reinterpret_cast<float*>(yo);  // after the loop: grad^T[c][o], pitch OPITCH
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int lr = lane % 8, lm = lane / 8;
+  const int o0 = blockIdx.x * BM, c0 = blockIdx.y * GC, b = blockIdx.z;
+  const T* q = p.q + (int64_t)b * cqk * ld;
+  const T* k = p.k + (int64_t)b * cqk * ld;
+  const T* v = p.v + (int64_t)b * cv * ld;
+  const T* dout = p.dout + (int64_t)b * cv * ld;
+  const T* x_own = FOR_DK ? k : q;
+  const T* x_oth = FOR_DK ? q : k;
+  const T* y_own = FOR_DK ? v : dout;
+  const T* y_oth = FOR_DK ? dout : v;
+  const float* lse = p.lse + (int64_t)b * n;
+  const float* delta = p.delta + (int64_t)b * n;
+  const float gm = scalar_or_one(p.gamma);
+  const int tiles = (n + BN - 1) / BN;
+  const int chunks = (cv + YC - 1) / YC;  // cv > 0 (pam.cu)
+  const int steps = tiles * chunks;
+
+  const auto load_step = [&](int step) {
+    const int u = step / chunks, ch = step % chunks, buf = step % 2;
+    if (ch == 0) stage_async(xu + (u % 2) * cqkp * PITCH, x_oth, cqkp, cqk, ld, u * BN);
+    stage_async(yo + buf * YC * PITCH, y_own + (int64_t)ch * YC * ld, YC, cv - ch * YC, ld, o0);
+    stage_async(yu + buf * YC * PITCH, y_oth + (int64_t)ch * YC * ld, YC, cv - ch * YC, ld, u * BN);
+  };
+  stage_async(xo, x_own, cqkp, cqk, ld, o0);
+  load_step(0);
+  mma::cp_async_commit();
+
+  // dQ: the rows are queries, their lse and delta fixed for the block.
+  float lse_r[2] = {0.0f, 0.0f}, delta_r[2] = {0.0f, 0.0f};
+  if constexpr (!FOR_DK) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int i = o0 + 16 * warp + g + 8 * h;
+      if (i < n) {
+        lse_r[h] = lse[i];
+        delta_r[h] = delta[i];
+      }
+    }
+  }
+
+  float s[BN / 8][4], dp[BN / 8][4];  // S and dP of the own rows and the other tile
+  float acc[GC / 8][4];               // grad[o][c0 + 8 nc + 2t + e % 2]
+#pragma unroll
+  for (int nc = 0; nc < GC / 8; ++nc)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[nc][e] = 0.0f;
+
+  for (int step = 0; step < steps; ++step) {
+    const int u = step / chunks, ch = step % chunks, buf = step % 2;
+    if (step + 1 < steps) {
+      load_step(step + 1);
+      mma::cp_async_commit();
+      mma::cp_async_wait<1>();
+    } else {
+      mma::cp_async_wait<0>();
+    }
+    __syncthreads();
+    const T* xut = xu + (u % 2) * cqkp * PITCH;
+
+    if (ch == 0) {  // S = X^T X' over all Cqk; dP starts
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          s[nt][e] = 0.0f;
+          dp[nt][e] = 0.0f;
+        }
+      for (int kc = 0; kc < cqkp; kc += 16) {
+        uint32_t a[4];
+        mma::ldmatrix_x4_trans(a, xo + (kc + lr + 8 * (lm / 2)) * PITCH + 16 * warp + 8 * (lm % 2));
+#pragma unroll
+        for (int np = 0; np < BN / 16; ++np) {
+          uint32_t bx[4];
+          mma::ldmatrix_x4_trans(bx, xut + (kc + lr + 8 * (lm % 2)) * PITCH + 16 * np + 8 * (lm / 2));
+          mma::mma_16816<E>(s[2 * np], a, bx[0], bx[1]);
+          mma::mma_16816<E>(s[2 * np + 1], a, bx[2], bx[3]);
+        }
+      }
+    }
+    {  // dP += Y^T Y' over this chunk's channels (chunk pairs past Cv hold zeros: skipped)
+      const T* yot = yo + buf * YC * PITCH;
+      const T* yut = yu + buf * YC * PITCH;
+      const int kc_end = min(YC, (cv - ch * YC + 15) / 16 * 16);
+      for (int kc = 0; kc < kc_end; kc += 16) {
+        uint32_t a[4];
+        mma::ldmatrix_x4_trans(a, yot + (kc + lr + 8 * (lm / 2)) * PITCH + 16 * warp + 8 * (lm % 2));
+#pragma unroll
+        for (int np = 0; np < BN / 16; ++np) {
+          uint32_t by[4];
+          mma::ldmatrix_x4_trans(by, yut + (kc + lr + 8 * (lm % 2)) * PITCH + 16 * np + 8 * (lm / 2));
+          mma::mma_16816<E>(dp[2 * np], a, by[0], by[1]);
+          mma::mma_16816<E>(dp[2 * np + 1], a, by[2], by[3]);
+        }
+      }
+    }
+    if (ch == chunks - 1) {
+      // dS in place of S: own position o0 + 16 warp + g + 8h (element 2h + e), other
+      // position u * BN + 8 nt + 2t + e; the query is the column for dK, the row for dQ.
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int uu = u * BN + 8 * nt + 2 * t + e;
+          float lse_c = 0.0f, delta_c = 0.0f;
+          if constexpr (FOR_DK) {
+            if (uu < n) {
+              lse_c = lse[uu];
+              delta_c = delta[uu];
+            }
+          }
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int oo = o0 + 16 * warp + g + 8 * h;
+            const float lse_i = FOR_DK ? lse_c : lse_r[h];
+            const float delta_i = FOR_DK ? delta_c : delta_r[h];
+            float& x = s[nt][2 * h + e];
+            const float pr = uu < n && oo < n ? expf(x * p.scale - lse_i) : 0.0f;
+            x = p.scale * pr * (gm * dp[nt][2 * h + e] - delta_i);
+          }
+        }
+      // grad[o][c] += sum_u dS[o][u] X'[c][u]: B from X' stored [c][u] by plain ldmatrix.
+#pragma unroll
+      for (int kj = 0; kj < BN / 16; ++kj) {
+        uint32_t da[4];
+        da[0] = mma::pack2<E>(s[2 * kj][0], s[2 * kj][1]);
+        da[1] = mma::pack2<E>(s[2 * kj][2], s[2 * kj][3]);
+        da[2] = mma::pack2<E>(s[2 * kj + 1][0], s[2 * kj + 1][1]);
+        da[3] = mma::pack2<E>(s[2 * kj + 1][2], s[2 * kj + 1][3]);
+#pragma unroll
+        for (int cp = 0; cp < GC / 16; ++cp) {
+          if (c0 + 16 * cp < cqkp) {  // warp-uniform: X' holds cqkp channel rows
+            uint32_t bx[4];
+            mma::ldmatrix_x4(bx, xut + (c0 + 16 * cp + lr + 8 * (lm / 2)) * PITCH + 16 * kj + 8 * (lm % 2));
+            mma::mma_16816<E>(acc[2 * cp], da, bx[0], bx[1]);
+            mma::mma_16816<E>(acc[2 * cp + 1], da, bx[2], bx[3]);
+          }
+        }
+      }
+    }
+    __syncthreads();  // every warp is done with this step's stages before they are refilled
+  }
+
+  // grad^T through shared fp32 (the chunk stages are free: no copy is in flight).
+#pragma unroll
+  for (int nc = 0; nc < GC / 8; ++nc)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      os[(8 * nc + 2 * t + e % 2) * OPITCH + 16 * warp + g + 8 * (e / 2)] = acc[nc][e];
+  __syncthreads();
+  for (int e = threadIdx.x; e < GC * BM; e += BLOCK_THREADS) {
+    const int cc = e / BM, oo = e % BM;
+    const int c = c0 + cc, o = o0 + oo;
+    if (c < cqk && o < n) grad[((int64_t)b * cqk + c) * n + o] = from_float<T>(os[cc * OPITCH + oo]);
+  }
+#else
+  __trap();  // the host dispatch launches this kernel on sm_80 and newer only
+#endif
+}
+
+// ---- backward on the 64x64 tile kernels (fp32; half types before sm_80 or with a Cqk too
+// large for the mma kernels' shared memory) ----------------------------------------------
 
 // dV[c][j] = sum_i dO[c][i] P[i][j]: one block per (key tile, v-channel tile, batch item).
 template <typename T>

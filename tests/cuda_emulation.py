@@ -64,14 +64,18 @@ def pam_forward(lib, q, k, v, gamma, residual, scale, legacy=False):
     return out, o, lse
 
 
-def pam_backward(lib, dout, q, k, v, gamma, o, lse, scale):
-    """-> (dq, dk, dv, dgamma); o and lse as ``pam_forward`` returned them."""
+def pam_backward(lib, dout, q, k, v, gamma, o, lse, scale, legacy=False):
+    """-> (dq, dk, dv, dgamma); o and lse as ``pam_forward`` returned them.
+
+    fp16/bf16 run the mma.sync dV and dK/dQ kernels as the extension does on sm_80+;
+    ``legacy`` runs the 64x64 tile kernels instead (fp32's, and the half types' on older
+    GPUs or with too large a Cqk)."""
     b, cqk, n = q.shape
     cv = v.shape[1]
     dq, dk, dv = (torch.full_like(t, float("nan")) for t in (q, k, v))
     rowdot, delta, dgamma = torch.empty(b, n), torch.empty(b, n), torch.full((), float("nan"))
     i = ctypes.c_int
-    _entry(lib, "emu_pam_backward", q.dtype)(
+    _entry(lib, "emu_pam_backward_legacy" if legacy else "emu_pam_backward", q.dtype)(
         _ptr(dout), _ptr(q), _ptr(k), _ptr(v), _ptr(gamma), _ptr(o), _ptr(lse), _ptr(dq), _ptr(dk),
         _ptr(dv), _ptr(rowdot), _ptr(delta), _ptr(dgamma), i(b), i(cqk), i(cv), i(n), ctypes.c_float(scale))
     return dq, dk, dv, dgamma

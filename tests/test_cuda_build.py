@@ -135,9 +135,9 @@ def test_sources_are_found():
 # csrc/emulation/ compiles the real kernel code as C++ with a thin CUDA shim (a thread per
 # CUDA thread, barriers for __syncthreads and shuffles), so the fp32 kernels' indexing,
 # ragged-edge masking and synchronisation are exercised here without a GPU. fp16/bf16 PAM
-# forward runs the mma.sync kernel (mma.sync, ldmatrix, cp.async emulated as warp
-# collectives with the PTX ISA's fragment layouts, which tests/test_cuda_mma.py pins down);
-# the other fp16/bf16 kernels, and PAM forward with legacy=True (what half types take on
+# forward and backward run the mma.sync kernels (mma.sync, ldmatrix, cp.async emulated as
+# warp collectives with the PTX ISA's fragment layouts, which tests/test_cuda_mma.py pins
+# down); the other fp16/bf16 kernels, and PAM with legacy=True (what half types take on
 # GPUs before sm_80), run the WMMA tile product, emulated by the shim. Operands are rounded
 # to fp16/bf16 as on the GPU, accumulation is fp32.
 # Speed and real-GPU memcheck need tests/test_cuda_gpu.py. The library is built once per
@@ -163,31 +163,29 @@ EMU_TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 HALF = [torch.float16, torch.bfloat16]
 
 
-@pytest.mark.parametrize(
-    "dtype,shape,scale,with_gamma,with_residual,legacy",
-    [
-        (
-            torch.float32,
-            (2, 5, 70, 131),
-            1.0,
-            True,
-            True,
-            False,
-        ),  # ragged N, Cv over one tile, Cqk not a multiple of 16
-        (torch.float32, (1, 16, 64, 64), 0.7, False, False, False),  # exact tiles, no epilogue, scaled
-        (torch.float32, (1, 70, 20, 67), 1.0, True, False, False),  # Cqk over one tile
-        # mma.sync forward: ragged N (padded rows), Cqk not a multiple of 16, Cv under one
-        # 128-channel block; Cqk over 64; batch 2 with N a multiple of 8 over two key tiles and
-        # Cv over one block (two channel blocks, the second nearly empty).
-        *[(dt, (1, 5, 70, 131), 1.0, True, True, False) for dt in HALF],
-        *[(dt, (1, 70, 20, 67), 0.7, False, False, False) for dt in HALF],
-        *[(dt, (2, 16, 130, 136), 1.0, True, True, False) for dt in HALF],
-        *[(dt, (1, 5, 70, 131), 1.0, True, True, True) for dt in HALF],  # the WMMA tile forward
-    ],
-)
-def test_emulated_pam_kernels_match_chunked(
-    emulated_kernels, dtype, shape, scale, with_gamma, with_residual, legacy
-):
+@pytest.mark.parametrize("dtype,shape,scale,with_gamma,with_residual,legacy", [
+    # ragged N, Cv over one tile, Cqk not a multiple of 16
+    (torch.float32, (2, 5, 70, 131), 1.0, True, True, False),
+    (torch.float32, (1, 16, 64, 64), 0.7, False, False, False),  # exact tiles, no epilogue, scaled
+    (torch.float32, (1, 70, 20, 67), 1.0, True, False, False),   # Cqk over one tile
+    # mma.sync forward: ragged N (padded rows), Cqk not a multiple of 16, Cv under one
+    # 128-channel block; Cqk over 64; batch 2 with N a multiple of 8 over two key tiles and
+    # Cv over one block (two channel blocks, the second nearly empty).
+    *[(dt, (1, 5, 70, 131), 1.0, True, True, False) for dt in HALF],
+    *[(dt, (1, 70, 20, 67), 0.7, False, False, False) for dt in HALF],
+    *[(dt, (2, 16, 130, 136), 1.0, True, True, False) for dt in HALF],
+    # The mma.sync backward's edges besides those: N = 64 exactly with the rows used in
+    # place (no padding) and no gamma; N under one 16-row fragment with Cv over three
+    # 64-channel dP chunks (the last 8 channels) and over one 128-channel dV block; Cqk
+    # over two 64-channel dK/dQ blocks with the third's second 16-channel pair past Cqk.
+    *[(dt, (1, 16, 64, 64), 0.7, False, False, False) for dt in HALF],
+    *[(dt, (1, 8, 200, 9), 1.0, True, False, False) for dt in HALF],
+    *[(dt, (1, 130, 8, 40), 1.0, True, False, False) for dt in HALF],
+    # legacy: the WMMA tile forward and backward (half types before sm_80, too large a Cqk)
+    *[(dt, (1, 5, 70, 131), 1.0, True, True, True) for dt in HALF],
+])
+def test_emulated_pam_kernels_match_chunked(emulated_kernels, dtype, shape, scale, with_gamma,
+                                            with_residual, legacy):
     b, cqk, cv, n = shape
     tol = EMU_TOL[dtype]
     q, k, v, res, dout = (torch.randn(b, c, n).to(dtype) for c in (cqk, cqk, cv, cv, cv))
@@ -200,7 +198,8 @@ def test_emulated_pam_kernels_match_chunked(
     assert rel_err(o, ref_o) <= tol
     assert rel_err(lse, ref_lse) <= tol
 
-    dq, dk, dv, dgamma = cuda_emulation.pam_backward(emulated_kernels, dout, q, k, v, gamma, o, lse, scale)
+    dq, dk, dv, dgamma = cuda_emulation.pam_backward(emulated_kernels, dout, q, k, v, gamma, o, lse, scale,
+                                                     legacy=legacy)
     # The saved o is the kernel's (rounded to dtype on the half paths), as in autograd.
     refs = chunked.pam_backward(_d(dout), _d(q), _d(k), _d(v), _d(gamma), _d(o), ref_lse, scale)
     for name, got, ref in zip(("dq", "dk", "dv"), (dq, dk, dv), refs):

@@ -36,7 +36,13 @@ def _pam(q, k, v, gamma, residual, backend, scale=1.0):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(2, 8, 24, 221), (1, 64, 512, 9409), (3, 5, 70, 13 * 17)])
+@pytest.mark.parametrize("shape", [
+    (2, 8, 24, 221), (1, 64, 512, 9409), (3, 5, 70, 13 * 17),
+    # The mma.sync backward's edges (as in test_cuda_build.py's emulated cases): N = 64
+    # unpadded, N under one fragment with Cv over three dP chunks and one dV block, Cqk over
+    # two dK/dQ channel blocks, N a multiple of 8 over two key tiles.
+    (1, 16, 64, 64), (1, 8, 200, 9), (1, 130, 8, 40), (2, 16, 130, 136),
+])
 def test_pam_matches_float64_reference(dtype, shape):
     check_pam("cuda", *shape, dtype=dtype, device="cuda", magnitude=0.5)
 
@@ -73,8 +79,10 @@ def test_pam_nan_propagates():
     assert torch.isnan(out[0, :, 7]).all()
 
 
-def test_pam_backward_is_deterministic():
-    inputs = dict(zip(PAM_INPUTS, pam_inputs(2, 64, 128, 1000, device="cuda")))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pam_backward_is_deterministic(dtype):
+    # fp16/bf16 take the mma.sync dV and dK/dQ kernels on sm_80+, fp32 the tile kernels.
+    inputs = dict(zip(PAM_INPUTS, pam_inputs(2, 64, 128, 1000, dtype=dtype, device="cuda")))
     dout = torch.randn_like(inputs["v"])
     _, first = run_pam("cuda", inputs, dout)
     _, second = run_pam("cuda", inputs, dout)

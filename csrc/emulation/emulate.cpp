@@ -72,11 +72,13 @@ static void pam_forward(const T* q, const T* k, const T* v, const T* residual,
   }
 }
 
+// legacy: the 64x64 tile kernels for every dtype, as for the forward; otherwise fp16/bf16
+// run the mma.sync dV and dK/dQ kernels on rows padded as ../pam.cu pads them.
 template <typename T>
 static void pam_backward(const T* dout, const T* q, const T* k, const T* v,
                          const float* gamma, const T* o, const float* lse, T* dq, T* dk,
                          T* dv, float* rowdot, float* delta, float* dgamma, int batch, int cqk,
-                         int cv, int n, float scale) {
+                         int cv, int n, float scale, bool legacy = false) {
   PamArgs<T> p{};
   p.q = q;
   p.k = k;
@@ -91,11 +93,40 @@ static void pam_backward(const T* dout, const T* q, const T* k, const T* v,
   p.scale = scale;
   emu_launch(dim3(ceil_div(n, THREADS), batch), THREADS,
              [&] { pam_delta_kernel<T>(dout, o, gamma, cv, n, rowdot, delta); });
-  emu_launch(dim3(ceil_div(n, TILE), ceil_div(cv, TILE), batch), THREADS,
-             [&] { pam_dv_kernel<T>(p, dv); });
-  const dim3 grid(ceil_div(n, TILE), ceil_div(cqk, TILE), batch);
-  emu_launch(grid, THREADS, [&] { pam_dqk_kernel<T, true>(p, dk); });
-  emu_launch(grid, THREADS, [&] { pam_dqk_kernel<T, false>(p, dq); });
+  const bool use_mma = !std::is_same<T, float>::value && !legacy && cqk > 0 && cv > 0;
+  if constexpr (!std::is_same<T, float>::value) {
+    if (use_mma) {
+      const auto aligned = [](const void* x) { return reinterpret_cast<uintptr_t>(x) % 16 == 0; };
+      const bool direct = n % 8 == 0 && aligned(q) && aligned(k) && aligned(v) && aligned(dout);
+      const int ld = direct ? n : (n + 7) / 8 * 8;
+      std::vector<T> qp, kp, vp, dp;
+      if (!direct) {
+        qp = padded_rows(q, batch * cqk, n, ld);
+        kp = padded_rows(k, batch * cqk, n, ld);
+        vp = padded_rows(v, batch * cv, n, ld);
+        dp = padded_rows(dout, batch * cv, n, ld);
+        p.q = qp.data();
+        p.k = kp.data();
+        p.v = vp.data();
+        p.dout = dp.data();
+      }
+      p.ld = ld;
+      emu_launch(dim3(ceil_div(n, pam_mma::BM), ceil_div(cv, pam_mma::CVT), batch), pam_mma::BLOCK_THREADS,
+                 [&] { pam_dv_mma_kernel<T>(p, dv); }, pam_mma::smem_bytes(cqk));
+      const dim3 grid(ceil_div(n, pam_mma::BM), ceil_div(cqk, pam_mma::GC), batch);
+      emu_launch(grid, pam_mma::BLOCK_THREADS, [&] { pam_dqk_mma_kernel<T, true>(p, dk); },
+                 pam_mma::dqk_smem_bytes(cqk));
+      emu_launch(grid, pam_mma::BLOCK_THREADS, [&] { pam_dqk_mma_kernel<T, false>(p, dq); },
+                 pam_mma::dqk_smem_bytes(cqk));
+    }
+  }
+  if (!use_mma) {
+    emu_launch(dim3(ceil_div(n, TILE), ceil_div(cv, TILE), batch), THREADS,
+               [&] { pam_dv_kernel<T>(p, dv); });
+    const dim3 grid(ceil_div(n, TILE), ceil_div(cqk, TILE), batch);
+    emu_launch(grid, THREADS, [&] { pam_dqk_kernel<T, true>(p, dk); });
+    emu_launch(grid, THREADS, [&] { pam_dqk_kernel<T, false>(p, dq); });
+  }
   emu_launch(dim3(1), THREADS, [&] { sum_all_kernel<float>(rowdot, (int64_t)batch * n, dgamma); });
 }
 
@@ -216,6 +247,14 @@ static void cam_backward(const T* dout, const T* x, const float* attn, const flo
     pam_backward<T>((const T*)dout, (const T*)q, (const T*)k, (const T*)v, gamma, (const T*)o,  \
                     lse, (T*)dq, (T*)dk, (T*)dv, rowdot, delta, dgamma, batch, cqk, cv, n,      \
                     scale);                                                                     \
+  }                                                                                             \
+  extern "C" void emu_pam_backward_legacy##SUFFIX(                                              \
+      const void* dout, const void* q, const void* k, const void* v, const float* gamma,        \
+      const void* o, const float* lse, void* dq, void* dk, void* dv, float* rowdot,             \
+      float* delta, float* dgamma, int batch, int cqk, int cv, int n, float scale) {            \
+    pam_backward<T>((const T*)dout, (const T*)q, (const T*)k, (const T*)v, gamma, (const T*)o,  \
+                    lse, (T*)dq, (T*)dk, (T*)dv, rowdot, delta, dgamma, batch, cqk, cv, n,      \
+                    scale, true);                                                               \
   }                                                                                             \
   extern "C" void emu_cam_forward##SUFFIX(const void* x, const float* gamma, void* out,         \
                                           float* attn, float* ws, int batch, int c, int n,      \

@@ -20,7 +20,8 @@ static std::vector<T> rnd(size_t n, std::mt19937& g) {
 
 // One dtype: fp32 runs the SIMT path, the half types the (emulated) WMMA path with its own
 // shared-tile layout and, for PAM forward, the mma.sync kernel (its dynamic shared memory
-// allocated to the exact size) as well as the WMMA tile kernel, so each layout is
+// allocated to the exact size) as well as the WMMA tile kernel, and likewise for PAM
+// backward the mma.sync dV and dK/dQ kernels and the WMMA ones, so each layout is
 // bounds-checked.
 template <typename T>
 static void run_all(std::mt19937& g) {
@@ -44,6 +45,10 @@ static void run_all(std::mt19937& g) {
     pam_forward<T>(q.data(), k.data(), v.data(), res.data(), gamma.data(), out.data(), o.data(), lse.data(), b, cqk, cv, n, 1.0f);
     pam_backward<T>(dout.data(), q.data(), k.data(), v.data(), gamma.data(), o.data(), lse.data(), dq.data(), dk.data(),
                     dv.data(), rowdot.data(), delta.data(), dg.data(), b, cqk, cv, n, 1.0f);
+    if (!std::is_same<T, float>::value)
+      pam_backward<T>(dout.data(), q.data(), k.data(), v.data(), gamma.data(), o.data(), lse.data(), dq.data(),
+                      dk.data(), dv.data(), rowdot.data(), delta.data(), dg.data(), b, cqk, cv, n, 1.0f,
+                      /*legacy=*/true);
   }
   std::vector<std::array<int, 4>> cam_shapes{{1, 70, 131, 3}, {2, 3, 17, 1}, {1, 64, 64, 2}, {1, 1, 1, 1}};
   for (int c : {KC - 1, TILE - 1, TILE + 1, 2 * TILE + 1}) cam_shapes.push_back({1, c, KC + 1, 1});
