@@ -280,6 +280,32 @@ __device__ __forceinline__ void stage_async(T* dst, const T* src, int rows, int 
   }
 }
 
+// acc[16 x BN] += X^T Y for the warp's 16 rows: X and Y are channel-major tiles in shared
+// memory (pitch PITCH), the rows are X's columns 16 warp .. 16 warp + 15, the BN columns
+// Y's; channels [0, channels), a multiple of 16. Both operands come through ldmatrix.trans:
+// A's matrices (rows, channels) 0-7/0-7, 8-15/0-7, 0-7/8-15, 8-15/8-15; B's, for columns
+// 16 np + 0-7 then + 8-15, channels 0-7 and 8-15. The energies S = q^T k (forward, dQ),
+// S^T = k^T q (dV, dK) and dP = dO^T v are all this product.
+template <typename T>
+__device__ __forceinline__ void warp_xt_y(float (&acc)[pam_mma::BN / 8][4], const T* x, const T* y,
+                                          int channels) {
+  using namespace pam_mma;
+  using E = typename wmma_elem<T>::type;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int lr = lane % 8, lm = lane / 8;  // ldmatrix: the row this lane addresses, of matrix lm
+  for (int kc = 0; kc < channels; kc += 16) {
+    uint32_t a[4];
+    mma::ldmatrix_x4_trans(a, x + (kc + lr + 8 * (lm / 2)) * PITCH + 16 * warp + 8 * (lm % 2));
+#pragma unroll
+    for (int np = 0; np < BN / 16; ++np) {
+      uint32_t b[4];
+      mma::ldmatrix_x4_trans(b, y + (kc + lr + 8 * (lm % 2)) * PITCH + 16 * np + 8 * (lm / 2));
+      mma::mma_16816<E>(acc[2 * np], a, b[0], b[1]);
+      mma::mma_16816<E>(acc[2 * np + 1], a, b[2], b[3]);
+    }
+  }
+}
+
 // In the fragments below, g = lane / 4 and t = lane % 4 (mma.cuh); the warp's rows are
 // i0 + 16 warp + g (fragment elements 0, 1) and + g + 8 (elements 2, 3).
 // q, k, v are read with row stride p.ld (pam.cu pads them to a multiple of 8 positions,
@@ -334,25 +360,13 @@ pam_forward_mma_kernel(PamArgs<T> p, T* out, T* o_raw, float* lse_out) {
     const T* kt = ks + st * cqkp * PITCH;
     const T* vt = vs + st * CVT * PITCH;
 
-    // S[i][j] = sum_c q[c][i] k[c][j]: A = q^T and B = k are both stored channel-major,
-    // so both come through ldmatrix.trans. A's matrices: (rows, channels) 0-7/0-7,
-    // 8-15/0-7, 0-7/8-15, 8-15/8-15; B's, for keys 16 np + 0-7 then + 8-15: channels 0-7, 8-15.
+    // S[i][j] = sum_c q[c][i] k[c][j] (q and k channel-major).
     float s[BN / 8][4];
 #pragma unroll
     for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[nt][e] = 0.0f;
-    for (int kc = 0; kc < cqkp; kc += 16) {
-      uint32_t a[4];
-      mma::ldmatrix_x4_trans(a, qs + (kc + lr + 8 * (lm / 2)) * PITCH + 16 * warp + 8 * (lm % 2));
-#pragma unroll
-      for (int np = 0; np < BN / 16; ++np) {
-        uint32_t bk[4];
-        mma::ldmatrix_x4_trans(bk, kt + (kc + lr + 8 * (lm % 2)) * PITCH + 16 * np + 8 * (lm / 2));
-        mma::mma_16816<E>(s[2 * np], a, bk[0], bk[1]);
-        mma::mma_16816<E>(s[2 * np + 1], a, bk[2], bk[3]);
-      }
-    }
+    warp_xt_y(s, qs, kt, cqkp);
 
     // Online softmax on the fragments: row g (h = 0) and g + 8 (h = 1) of the warp, key
     // j0 + 8 nt + 2t + e % 2. Every key tile holds at least one valid key, so the new max
@@ -565,17 +579,7 @@ __global__ void __launch_bounds__(pam_mma::BLOCK_THREADS) pam_dv_mma_kernel(PamA
     for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[nt][e] = 0.0f;
-    for (int kc = 0; kc < cqkp; kc += 16) {
-      uint32_t a[4];
-      mma::ldmatrix_x4_trans(a, ks + (kc + lr + 8 * (lm / 2)) * PITCH + 16 * warp + 8 * (lm % 2));
-#pragma unroll
-      for (int np = 0; np < BN / 16; ++np) {
-        uint32_t bq[4];
-        mma::ldmatrix_x4_trans(bq, qt + (kc + lr + 8 * (lm % 2)) * PITCH + 16 * np + 8 * (lm / 2));
-        mma::mma_16816<E>(s[2 * np], a, bq[0], bq[1]);
-        mma::mma_16816<E>(s[2 * np + 1], a, bq[2], bq[3]);
-      }
-    }
+    warp_xt_y(s, ks, qt, cqkp);
     // P^T[j][i]: key j = j0 + 16 warp + g + 8h (element 2h + e), query i = i0 + 8 nt + 2t + e.
 #pragma unroll
     for (int nt = 0; nt < BN / 8; ++nt)
@@ -721,33 +725,12 @@ __global__ void __launch_bounds__(pam_mma::BLOCK_THREADS) pam_dqk_mma_kernel(Pam
           s[nt][e] = 0.0f;
           dp[nt][e] = 0.0f;
         }
-      for (int kc = 0; kc < cqkp; kc += 16) {
-        uint32_t a[4];
-        mma::ldmatrix_x4_trans(a, xo + (kc + lr + 8 * (lm / 2)) * PITCH + 16 * warp + 8 * (lm % 2));
-#pragma unroll
-        for (int np = 0; np < BN / 16; ++np) {
-          uint32_t bx[4];
-          mma::ldmatrix_x4_trans(bx, xut + (kc + lr + 8 * (lm % 2)) * PITCH + 16 * np + 8 * (lm / 2));
-          mma::mma_16816<E>(s[2 * np], a, bx[0], bx[1]);
-          mma::mma_16816<E>(s[2 * np + 1], a, bx[2], bx[3]);
-        }
-      }
+      warp_xt_y(s, xo, xut, cqkp);
     }
     {  // dP += Y^T Y' over this chunk's channels (chunk pairs past Cv hold zeros: skipped)
       const T* yot = yo + buf * YC * PITCH;
       const T* yut = yu + buf * YC * PITCH;
-      const int kc_end = min(YC, (cv - ch * YC + 15) / 16 * 16);
-      for (int kc = 0; kc < kc_end; kc += 16) {
-        uint32_t a[4];
-        mma::ldmatrix_x4_trans(a, yot + (kc + lr + 8 * (lm / 2)) * PITCH + 16 * warp + 8 * (lm % 2));
-#pragma unroll
-        for (int np = 0; np < BN / 16; ++np) {
-          uint32_t by[4];
-          mma::ldmatrix_x4_trans(by, yut + (kc + lr + 8 * (lm % 2)) * PITCH + 16 * np + 8 * (lm / 2));
-          mma::mma_16816<E>(dp[2 * np], a, by[0], by[1]);
-          mma::mma_16816<E>(dp[2 * np + 1], a, by[2], by[3]);
-        }
-      }
+      warp_xt_y(dp, yot, yut, min(YC, (cv - ch * YC + 15) / 16 * 16));
     }
     if (ch == chunks - 1) {
       // dS in place of S: own position o0 + 16 warp + g + 8h (element 2h + e), other
