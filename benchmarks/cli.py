@@ -40,6 +40,9 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backends", help="ops: subset of eager,compile,sdpa,chunked,triton,cuda; "
                    "model: eager,auto (or a backend name)")
     p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile baseline")
+    p.add_argument("--variants", action="store_true",
+                   help="ops: after each triton row, one per Triton variant (triton[<variant>], "
+                   "benchmarks/variants.py), timed side by side")
     p.add_argument("--warmup", type=int,
                    help=f"warm-up calls, CPU: at least this many and {CPU_WARMUP_S:g} s (default 1); "
                    "CUDA op benchmarks: do_bench warm-up ms (default 25)")

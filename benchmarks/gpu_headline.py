@@ -27,11 +27,10 @@ import os
 import sys
 import time
 from pathlib import Path
-from unittest import mock
 
 import torch
 
-from benchmarks import bench_cam, bench_pam
+from benchmarks import bench_cam, bench_pam, variants
 from benchmarks.environment import environment, matmul_peak_tflops, slugify
 from benchmarks.measure import free_memory, short_error
 from benchmarks.ops import finish_op
@@ -39,12 +38,6 @@ from benchmarks.report import RESULTS_ROOT, fmt, range_text
 from benchmarks.rows import DTYPES, OpRow
 
 FUSED = ("triton", "cuda")
-# Triton variants (``--variants``): the environment each one runs under. Rows are named
-# ``triton[<variant>]``; plain ``triton`` is the default of every switch.
-VARIANTS = {
-    "bwd=fused": {"DANET_OPS_TRITON_PAM_BWD": "fused"},
-    "fp32=ieee": {"DANET_OPS_TRITON_FP32": "ieee"},
-}
 ROW_COLUMNS = ["op"] + OpRow.csv_columns() + ["flex_kernel_options", "seconds"]
 
 
@@ -56,27 +49,6 @@ def _cfg(op, h, w, b, dtype, mode, backend, device, timing):
     else:
         cfg["Cqk"] = None
     return cfg
-
-
-def _variant(cfg: dict) -> tuple[str, dict]:
-    """(the backend to call, the environment of the row's variant)."""
-    backend, _, variant = cfg["backend"].partition("[")
-    return backend, VARIANTS[variant.rstrip("]")] if variant else {}
-
-
-def with_variants(rows: list[dict]) -> list[dict]:
-    """After each triton row, one row per variant that changes something for it (fp32=ieee
-    only for fp32, bwd=fused only for PAM fwd+bwd)."""
-    out = []
-    for cfg in rows:
-        out.append(cfg)
-        if cfg["backend"] != "triton":
-            continue
-        if cfg["op"] == "pam" and cfg["mode"] == "fwdbwd":
-            out.append(dict(cfg, backend="triton[bwd=fused]"))
-        if cfg["dtype"] == "fp32":
-            out.append(dict(cfg, backend="triton[fp32=ieee]"))
-    return out
 
 
 def plan(device: torch.device, dry_run: bool) -> list[dict]:
@@ -165,12 +137,10 @@ def error_vs_chunked(cfg: dict, device: torch.device) -> float:
 
 def measure_row(cfg: dict, device: torch.device) -> dict:
     start = time.perf_counter()
-    backend, env = _variant(cfg)
-    call = dict(cfg, backend=backend)
-    with mock.patch.dict(os.environ, env):
+    with variants.backend_of(cfg) as call:
         result = _bench(call).measure(call, device)
         row = dict(cfg, **result)
-        if row["status"] == "ok" and backend in FUSED:
+        if row["status"] == "ok" and call["backend"] in FUSED:
             try:
                 row["err_vs_chunked"] = error_vs_chunked(call, device)
             except Exception as exc:  # a failed check is reported, not hidden
@@ -191,13 +161,13 @@ def _available(backend: str, device: torch.device) -> bool:
 
 
 def run(out: Path, device: torch.device, budget_s: float, dry_run: bool, only: dict,
-        stuck_s: float = 60.0, variants: bool = False) -> None:
+        stuck_s: float = 60.0, with_variant_rows: bool = False) -> None:
     env = environment(device)
     peak = matmul_peak_tflops(device)
     rows_csv = out / "rows.csv"
     out.mkdir(parents=True, exist_ok=True)
     cfgs = plan(device, dry_run)
-    cfgs = with_variants(cfgs) if variants else cfgs
+    cfgs = variants.with_variants(cfgs) if with_variant_rows else cfgs
     cfgs = [c for c in cfgs if _available(c["backend"], device)
             and all(c[k].partition("[")[0] in v if k == "backend" else c[k] in v for k, v in only.items())]
     print(f"headline: {len(cfgs)} rows on {env['device']}, budget {budget_s:.0f} s", flush=True)
@@ -282,20 +252,18 @@ def _write_autotune_choices(path: Path) -> None:
     print(f"  wrote {path} ({len(lines)} autotune choices)")
 
 
-def prewarm(kind: str, device: torch.device, dry_run: bool, variants: bool = False) -> None:
+def prewarm(kind: str, device: torch.device, dry_run: bool, with_variant_rows: bool = False) -> None:
     """Run every row of one backend (and its variants) once, untimed: fills the compile caches."""
     backend, _, index = kind.partition(":")
     if index:
         os.environ["DANET_OPS_TRITON_CONFIG"] = index
     done = 0
     cfgs = plan(device, dry_run)
-    for cfg in with_variants(cfgs) if variants else cfgs:
-        name, env = _variant(cfg)
-        if name != backend:
+    for cfg in variants.with_variants(cfgs) if with_variant_rows else cfgs:
+        if variants.split(cfg["backend"])[0] != backend:
             continue
         try:
-            call = dict(cfg, backend=name)
-            with mock.patch.dict(os.environ, env):
+            with variants.backend_of(cfg) as call:
                 fn, _ = _bench(call).setup(call, device)
                 fn()
             done += 1
@@ -312,7 +280,7 @@ def main(argv=None) -> None:
     p.add_argument("--budget-s", type=float, default=200.0, help="start no new row after this")
     p.add_argument("--prewarm", help="triton:K, compile or flex: compile only, no timing")
     p.add_argument("--variants", action="store_true",
-                   help="also time each Triton variant (rows triton[<variant>], see VARIANTS)")
+                   help="also time each Triton variant (rows triton[<variant>], see benchmarks/variants.py)")
     p.add_argument("--render", nargs="+", metavar="LABEL=ROWS_CSV",
                    help="no run: write the tables from earlier runs' rows.csv (with --env-file)")
     p.add_argument("--env-file", help="with --render: the device_info output of those runs")

@@ -63,7 +63,9 @@ else
   ( MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 run cuda-build 300 \
       $PY -c "from danet_ops.cuda import build; build.load(); print('cuda extension ready')" ) &
   BUILD_PID=$!
-  PREWARM=("triton:0" "triton:1" "triton:2" "triton:3" "triton:4" "triton:5" "compile" "flex")
+  # One process per candidate index (the longest list, the PAM forward's, has 10).
+  PREWARM=("compile" "flex")
+  for i in $(seq 0 9); do PREWARM+=("triton:$i"); done
   BENCH=()
   # f (early, its own cold cache): compiles of one DANet step, then a second process
   ( for pass in cold warm; do

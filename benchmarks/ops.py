@@ -11,6 +11,7 @@ from typing import Callable, Optional
 
 import torch
 
+from benchmarks import variants
 from benchmarks.cli import parse_sizes, script_main, split_list
 from benchmarks.measure import (
     CPU_MEMORY_METHOD,
@@ -50,7 +51,8 @@ class OpBenchmark:
     compile_on_cpu: bool = True
 
     def configs(self, args: argparse.Namespace, device: torch.device) -> list[dict]:
-        """Every (size, dtype, mode, backend) of this run, in that nesting."""
+        """Every (size, dtype, mode, backend) of this run, in that nesting (with --variants,
+        each triton row followed by its variants' rows)."""
         p = self.plan(args, device)
         batch, channels = args.batch or p["batch"], args.channels or p["channels"]
         qk = (args.qk_channels or p["qk"]) if "qk" in p else None
@@ -66,7 +68,7 @@ class OpBenchmark:
                             C=channels, Cqk=qk, dtype=dtype, mode=mode, backend=backend,
                             device=str(device), threads=args.threads, **timing,
                         ))
-        return configs
+        return variants.with_variants(configs) if args.variants else configs
 
     def _setup_with_flops(self, cfg: dict, device: torch.device) -> tuple:
         fn, extra = self.setup(cfg, device)
@@ -74,7 +76,8 @@ class OpBenchmark:
 
     def measure(self, cfg: dict, device: torch.device) -> dict:
         """One config's result (the sweep's runner): time, memory, FLOPs or the error."""
-        return run_one(self._setup_with_flops, cfg, device)
+        with variants.backend_of(cfg) as call:
+            return run_one(self._setup_with_flops, call, device)
 
     def run(self, args: argparse.Namespace, device: torch.device, env: dict,
             peak_tflops: Optional[float]) -> list[OpRow]:

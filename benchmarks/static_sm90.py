@@ -323,9 +323,9 @@ def _record_launches(run: Callable[[], object]) -> list[_Launch]:
 def _danet_launches(variant: str) -> list[_Launch]:
     """Every Triton launch of PAM and CAM forward+backward at DANet's shapes, in one variant.
 
-    Meta tensors: shapes, strides and dtypes as in a real step, no memory. PAM backward
-    runs in each variant (split and fused), atomic-dQ and deterministic; fp32 runs once more
-    with exact FMA dots.
+    Meta tensors: shapes, strides and dtypes as in a real step, no memory. PAM forward
+    runs in each variant (online, two_pass), PAM backward in each (split, fused), with
+    atomic and deterministic dQ; fp32 runs once more with exact FMA dots.
     """
     import torch
 
@@ -341,7 +341,10 @@ def _danet_launches(variant: str) -> list[_Launch]:
     def step():
         q, k, v, x = t(b, cqk, n), t(b, cqk, n), t(b, cv, n), t(b, cv, n)
         gamma = t(dt=torch.float32)  # mmseg's Scale: an fp32 0-dim parameter
-        out, lse, o = backend.pam_forward(q, k, v, gamma, x, 1.0, True)
+        for fwd in ("online", "two_pass"):  # every PAM forward variant (DANET_OPS_TRITON_PAM_FWD)
+            os.environ["DANET_OPS_TRITON_PAM_FWD"] = fwd
+            out, lse, o = backend.pam_forward(q, k, v, gamma, x, 1.0, True)
+        os.environ.pop("DANET_OPS_TRITON_PAM_FWD")
         dout = t(b, cv, n)
         for bwd in ("split", "fused"):  # every PAM backward variant (DANET_OPS_TRITON_PAM_BWD)
             os.environ["DANET_OPS_TRITON_PAM_BWD"] = bwd

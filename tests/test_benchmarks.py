@@ -227,3 +227,39 @@ def test_cpu_crossover_prints_both_backends_per_size(capsys):
     assert lines[5].startswith(("eager is at least as fast", "chunked is faster"))
     with pytest.raises(SystemExit):
         cpu_crossover.main(["--sizes", "0"])
+
+
+def test_variant_rows_follow_each_triton_row_and_name_real_switches(monkeypatch):
+    """``--variants``: each triton row is followed by the variants that change something for
+    it, and every variant's environment is one the Triton backend reads and accepts."""
+    from benchmarks import variants
+    from danet_ops.triton import configs, pam
+
+    base = dict(shape="64x128", B=2, C=512)
+    cfgs = [dict(base, op="pam", dtype="fp32", mode="fwdbwd", backend="eager"),
+            dict(base, op="pam", dtype="fp32", mode="fwdbwd", backend="triton"),
+            dict(base, op="pam", dtype="bf16", mode="fwd", backend="triton"),
+            dict(base, op="cam", dtype="bf16", mode="fwdbwd", backend="triton")]
+    got = [(c["op"], c["dtype"], c["mode"], c["backend"]) for c in variants.with_variants(cfgs)]
+    assert got == [
+        ("pam", "fp32", "fwdbwd", "eager"),
+        ("pam", "fp32", "fwdbwd", "triton"),
+        ("pam", "fp32", "fwdbwd", "triton[fwd=two_pass]"),
+        ("pam", "fp32", "fwdbwd", "triton[bwd=fused]"),
+        ("pam", "fp32", "fwdbwd", "triton[fp32=ieee]"),
+        ("pam", "bf16", "fwd", "triton"),
+        ("pam", "bf16", "fwd", "triton[fwd=two_pass]"),
+        ("cam", "bf16", "fwdbwd", "triton"),
+    ]
+    readers = {pam.FWD_VARIANT_ENV: pam.forward_variant,
+               pam.BWD_VARIANT_ENV: lambda: pam.backward_variant(512, torch.bfloat16),
+               configs.FP32_ENV: configs.fp32_exact_precision}
+    for key in readers:
+        monkeypatch.delenv(key, raising=False)
+    for name, env in variants.VARIANTS.items():
+        (key, value), = env.items()
+        assert key in readers, f"variant {name} sets {key}, which danet_ops.triton does not read"
+        with variants.backend_of(dict(backend=f"triton[{name}]")) as call:
+            assert call["backend"] == "triton" and os.environ[key] == value
+            assert readers[key]() == value  # accepted, and not the default
+        assert os.environ.get(key) != value  # restored

@@ -209,3 +209,53 @@ def test_backward_variant_choice(monkeypatch):
     monkeypatch.setenv(pam.BWD_VARIANT_ENV, "bogus")
     with pytest.raises(ValueError, match="DANET_OPS_TRITON_PAM_BWD"):
         pam.backward_variant(512)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("batch,cqk,cv,n,hw", SHAPES)
+def test_two_pass_forward_matches_reference(batch, cqk, cv, n, hw, dtype, monkeypatch):
+    """The two-pass forward (DANET_OPS_TRITON_PAM_FWD=two_pass): output against float64, and
+    every gradient, which the backward computes from pass 1's lse."""
+    from danet_ops.triton import pam
+
+    monkeypatch.setenv(pam.FWD_VARIANT_ENV, "two_pass")
+    assert pam.forward_variant() == "two_pass"
+    check_pam("triton", batch, cqk, cv, n, dtype=dtype, device=DEVICE, scale=0.75, hw=hw)
+
+
+def test_two_pass_forward_contract_matches_one_pass(monkeypatch):
+    """Same lse, o and out as the one-pass kernel (both fp32-accurate), o saved or not."""
+    from danet_ops.triton import pam
+
+    q, k, v, gamma, residual = (t.detach() for t in pam_inputs(2, 16, 48, 77, device=DEVICE))
+    monkeypatch.setenv(pam.FWD_VARIANT_ENV, "online")
+    out_1, lse_1, o_1 = pam.pam_forward(q, k, v, gamma, residual, 1.0, True)
+    monkeypatch.setenv(pam.FWD_VARIANT_ENV, "two_pass")
+    out_2, lse_2, o_2 = pam.pam_forward(q, k, v, gamma, residual, 1.0, True)
+    assert rel_err(lse_2, lse_1) <= 1e-6 and rel_err(o_2, o_1) <= 1e-6 and rel_err(out_2, out_1) <= 1e-6
+    out_plain, _, o_plain = pam.pam_forward(q, k, v, None, None, 1.0, True)
+    assert o_plain.numel() == 0 and rel_err(out_plain, o_1) <= 1e-6
+
+
+def test_forward_variant_choice(monkeypatch):
+    from danet_ops.triton import pam
+
+    monkeypatch.delenv(pam.FWD_VARIANT_ENV, raising=False)
+    assert pam.forward_variant() == "online"
+    monkeypatch.setenv(pam.FWD_VARIANT_ENV, " Two_Pass ")
+    assert pam.forward_variant() == "two_pass"
+    monkeypatch.setenv(pam.FWD_VARIANT_ENV, "bogus")
+    with pytest.raises(ValueError, match="DANET_OPS_TRITON_PAM_FWD"):
+        pam.forward_variant()
+
+
+@pytest.mark.parametrize("variant", ["online", "two_pass"])
+def test_fp32_at_danet_logit_magnitudes(variant, monkeypatch):
+    """fp32 under the default "highest" precision (3xTF32 products) with logits of about ±50,
+    as DANet's unscaled energies are: output and gradients within 1e-5 of float64."""
+    from danet_ops.triton import pam
+
+    monkeypatch.setenv(pam.FWD_VARIANT_ENV, variant)
+    run = check_pam("triton", 1, 16, 96, 221, device=DEVICE, magnitude=2.0, hw=(13, 17))
+    logits = torch.einsum("bci,bcj->bij", run.inputs["q"].double(), run.inputs["k"].double())
+    assert 40 < logits.abs().max() < 200

@@ -76,6 +76,27 @@ def test_fp32_high_precision():
     check_pam("triton", 2, 64, 512, 2048, device=DEVICE, magnitude=1.5, regime="pam-tf32")
 
 
+@pytest.mark.parametrize("variant", ["online", "two_pass"])
+def test_fp32_at_danet_shape_and_logit_magnitudes(variant, monkeypatch):
+    """The Cityscapes training crop (N = 8192) in fp32 under "highest" (3xTF32 products),
+    logits of about ±50: output and gradients within 1e-5 of float64, in each forward."""
+    from danet_ops.triton import pam
+
+    monkeypatch.setenv(pam.FWD_VARIANT_ENV, variant)
+    run = check_pam("triton", 1, 64, 512, 8192, device=DEVICE, magnitude=1.0)
+    logits = torch.einsum("bci,bcj->bij", run.inputs["q"].double(), run.inputs["k"].double())
+    assert logits.abs().max() > 40
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_two_pass_forward_half_ragged(dtype, monkeypatch):
+    """The two-pass forward at the 97x97 crop (odd N) in half precision, gradients included."""
+    from danet_ops.triton import pam
+
+    monkeypatch.setenv(pam.FWD_VARIANT_ENV, "two_pass")
+    check_pam("triton", 2, 64, 512, 9409, dtype=dtype, device=DEVICE, hw=(97, 97))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 def test_large_n_against_chunked(dtype):

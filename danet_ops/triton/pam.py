@@ -62,10 +62,36 @@ _FWD_HALF = [
     _C(8, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_DV=128),
     _C(4, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_DV=64),
     _C(8, 2, BLOCK_M=128, BLOCK_N=128, BLOCK_DV=128),
+    # The whole v width in one program (no S recomputation: 1.0x the minimal FLOPs) and
+    # wider v tiles over narrower key steps. Only BLOCK_M = 32 holds a [M, 512] fp32
+    # accumulator without spills on sm_90 (M64 DV512 over 16 warps spills 112-144 B at the
+    # 128-register cap; M128 DV256 over 8 or 16 warps spills 16-64 B).
+    _C(8, 2, BLOCK_M=32, BLOCK_N=64, BLOCK_DV=512),
+    _C(16, 2, BLOCK_M=32, BLOCK_N=64, BLOCK_DV=512),
+    _C(8, 3, BLOCK_M=64, BLOCK_N=32, BLOCK_DV=256),
+    _C(8, 2, BLOCK_M=128, BLOCK_N=32, BLOCK_DV=128),
 ]
-# 3xTF32 dots hold each operand twice (high and low TF32 parts): every fp32 tile but the
-# small one spills in the forward (M64 N64 DV64: 8 B, DV128: 540 B on sm_90).
-_FWD_TF32X3 = [_SMALL]
+# 3xTF32 dots hold each operand twice (high and low TF32 parts): on sm_90 64-wide key
+# steps spill from DV128 on (M64 N64 DV128 w8: 540 B; M32 N64 DV128 w4: 372 B), 32-wide
+# ones do not (M64 N32 DV64 w4: 184 registers, M128 N32 DV64 w8: 155, M32 N32 DV128: 254).
+_FWD_TF32X3 = [
+    _C(4, 2, BLOCK_M=64, BLOCK_N=32, BLOCK_DV=64),
+    _C(8, 2, BLOCK_M=128, BLOCK_N=32, BLOCK_DV=64),
+    _C(4, 2, BLOCK_M=32, BLOCK_N=32, BLOCK_DV=128),
+    _SMALL,
+]
+# The two-pass forward: pass 1 (lse from q·k) has no v tile; pass 2 the forward's tiles.
+_KEY_LSE = ["CQK", "N_BUCKET", "QK_PRECISION"]
+_LSE_HALF = [
+    _C(4, 3, BLOCK_M=64, BLOCK_N=64),
+    _C(8, 3, BLOCK_M=128, BLOCK_N=64),
+    _C(4, 3, BLOCK_M=64, BLOCK_N=128),
+    _C(4, 1, BLOCK_M=32, BLOCK_N=32),
+]
+_LSE_TF32X3 = [_C(4, 2, BLOCK_M=64, BLOCK_N=64), _C(8, 2, BLOCK_M=128, BLOCK_N=64),
+               _C(4, 1, BLOCK_M=32, BLOCK_N=32)]
+_FWD2_HALF = list(_FWD_HALF)
+_FWD2_TF32X3 = list(_FWD_TF32X3)
 # Backward kernels that own a key block and loop over query blocks (dV, dK[+dQ]).
 _BWD_DV_HALF = [
     _C(4, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_DV=64),
@@ -78,10 +104,21 @@ _BWD_DK_HALF = [
     _C(4, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_DV=64),
     _C(8, 2, BLOCK_M=64, BLOCK_N=128, BLOCK_DV=64),
 ]
-_BWD_DV_TF32X3 = [_C(4, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_DV=64), _SMALL]
+# 3xTF32 (sm_90, clean under "highest" and "high"): 32-row query steps over 128 keys fit
+# (M32 N128 DV64 w8: 136 registers, DV128: 246); M32 N64 DV128 w8 spills 88 B.
+_BWD_DV_TF32X3 = [
+    _C(4, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_DV=64),
+    _C(8, 2, BLOCK_M=32, BLOCK_N=128, BLOCK_DV=64),
+    _C(8, 2, BLOCK_M=32, BLOCK_N=128, BLOCK_DV=128),
+    _C(8, 2, BLOCK_M=64, BLOCK_N=128, BLOCK_DV=64),
+    _SMALL,
+]
 # dK/dQ reduce dP over Cv in BLOCK_DV chunks: 32-wide chunks keep 3xTF32 (and the ordered
 # dQ kernel's exact FMA dots) out of spills, where the small tile spills 16-64 B on sm_90.
-_BWD_DK_TF32X3 = [_C(8, 1, BLOCK_M=32, BLOCK_N=32, BLOCK_DV=32)]
+# With the atomic dQ every larger key block spills (M32 N64 DV32: 80-360 B) but 16-row
+# query steps (M16 N64 DV32 w4: 237 registers).
+_BWD_DK_TF32X3 = [_C(8, 1, BLOCK_M=32, BLOCK_N=32, BLOCK_DV=32),
+                  _C(4, 2, BLOCK_M=16, BLOCK_N=64, BLOCK_DV=32)]
 _BWD_DQ_FP32 = [_C(4, 1, BLOCK_M=16, BLOCK_N=32, BLOCK_DV=32)]
 # Exact FMA dK: the small tile over 8 warps (over 4 it spills 8 B on triton 3.8 and 3.9).
 _BWD_DK_IEEE = [_C(8, 1, BLOCK_M=32, BLOCK_N=32, BLOCK_DV=64)]
@@ -102,6 +139,10 @@ _BWD_FUSED_HALF = [_C(8, 2, BLOCK_M=32, BLOCK_N=64, BLOCK_DV=64)]
 # (key block, v block) + dK/dQ kernel (P recomputed per v block); "fused" = one kernel per
 # key block computing P and dS once for the whole v width (fp16/bf16, Cv <= FUSED_MAX_CV).
 BWD_VARIANT_ENV = "DANET_OPS_TRITON_PAM_BWD"
+# The forward variants (DANET_OPS_TRITON_PAM_FWD, read at launch): "online" = one kernel,
+# online softmax per (query block, v block); "two_pass" = an lse kernel, then exactly
+# normalised P per (query block, v block), no rescaling.
+FWD_VARIANT_ENV = "DANET_OPS_TRITON_PAM_FWD"
 FUSED_MAX_CV = 512
 
 
@@ -134,9 +175,8 @@ def _pam_fwd_kernel(
     Cv is tiled because an fp32 accumulator of BLOCK_M x 512 does not fit in registers.
     Every v-block program recomputes S = q·k and its exponentials, which is cheap while
     Cqk is small against Cv (64 vs 512 in DANet: 4 v blocks of 128 cost 1.33x the minimal
-    FLOPs). The alternatives, to be measured on a GPU: one program holding the whole Cv
-    accumulator split over warps/warpgroups (minimal FLOPs, register pressure), or two
-    passes (lse first, then exactly normalised P per v block, no online rescaling).
+    FLOPs); a BLOCK_DV = 512 config holds the whole v width instead (minimal FLOPs, 16
+    warps for the registers). The other variant is ``two_pass`` (below).
 
     Outputs are contiguous [B, Cv, N] (Out, O) and [B, N] (Lse, written by v block 0).
     """
@@ -179,8 +219,24 @@ def _pam_fwd_kernel(
         m_i = m_new
 
     o = acc / l_i[:, None]
-    b_out = b * CV * N
-    out_offs = b_out + offs_c[None, :] * N + offs_m[:, None]
+    _store_forward(o, b, offs_m, offs_c, mask_m, mask_c, Gamma, Res, Out, O,
+                   stride_rb, stride_rc, stride_rn, N, CV, HAS_GAMMA, HAS_RESIDUAL, SAVE_O)
+    lse = (m_i + tl.log2(l_i)) * LN2  # natural log
+    # A branch, not `mask_m & (pid_v == 0)`: triton 3.9's interpreter rejects a mask that
+    # combines a tensor with a scalar bool.
+    if pid_v == 0:
+        tl.store(Lse + b * N + offs_m, lse, mask=mask_m)
+
+
+@triton.jit
+def _store_forward(
+    o, b, offs_m, offs_c, mask_m, mask_c, Gamma, Res, Out, O,
+    stride_rb, stride_rc, stride_rn, N, CV,
+    HAS_GAMMA: tl.constexpr, HAS_RESIDUAL: tl.constexpr, SAVE_O: tl.constexpr,
+):
+    """The forward's epilogue, for an fp32 [BLOCK_M, BLOCK_DV] tile o of softmax(S)·v:
+    out = gamma·o + residual into contiguous [B, Cv, N] Out, and o itself into O if SAVE_O."""
+    out_offs = b * CV * N + offs_c[None, :] * N + offs_m[:, None]
     out_mask = mask_m[:, None] & mask_c[None, :]
     out = o
     if HAS_GAMMA:
@@ -192,11 +248,100 @@ def _pam_fwd_kernel(
     tl.store(Out + out_offs, out.to(Out.dtype.element_ty), mask=out_mask)
     if SAVE_O:
         tl.store(O + out_offs, o.to(O.dtype.element_ty), mask=out_mask)
-    lse = (m_i + tl.log2(l_i)) * LN2  # natural log
-    # A branch, not `mask_m & (pid_v == 0)`: triton 3.9's interpreter rejects a mask that
-    # combines a tensor with a scalar bool.
-    if pid_v == 0:
-        tl.store(Lse + b * N + offs_m, lse, mask=mask_m)
+
+
+# --- forward, two passes (DANET_OPS_TRITON_PAM_FWD=two_pass) -------------------------------
+
+
+@_tune(_LSE_HALF, _LSE_TF32X3, ieee=_LSE_TF32X3[-1:], small=False, key=_KEY_LSE,
+       interpreter={"BLOCK_M": 64, "BLOCK_N": 64})
+@triton.jit
+def _pam_lse_kernel(
+    Q, K, Lse,
+    stride_qb, stride_qc, stride_qn,
+    stride_kb, stride_kc, stride_kn,
+    N, CQK, N_BUCKET, qk_scale,
+    QK_PRECISION: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Pass 1: lse = log Σ_j exp(S_ij) per query row, from q·k alone (2·N²·Cqk FLOPs, an
+    eighth of the forward's in DANet), so that pass 2 needs no online rescaling."""
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    Q += b * stride_qb
+    K += b * stride_kb
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_m = offs_m < N
+    mask_d = offs_d < CQK
+    q = tl.load(Q + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qc,
+                mask=mask_m[:, None] & mask_d[None, :], other=0.0)  # [M, D]
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running max, log2 units
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    for start_n in range(0, N, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        kt = tl.load(K + offs_d[:, None] * stride_kc + offs_n[None, :] * stride_kn,
+                     mask=mask_d[:, None] & mask_n[None, :], other=0.0)  # [D, N]
+        s = tl.dot(q, kt, input_precision=QK_PRECISION) * qk_scale
+        s = tl.where(mask_n[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s - m_new[:, None]), 1)
+        m_i = m_new
+    tl.store(Lse + b * N + offs_m, (m_i + tl.log2(l_i)) * LN2, mask=mask_m)
+
+
+@_tune(_FWD2_HALF, _FWD2_TF32X3)
+@triton.jit
+def _pam_fwd_normalised_kernel(
+    Q, K, V, Gamma, Res, Out, O, Lse,
+    stride_qb, stride_qc, stride_qn,
+    stride_kb, stride_kc, stride_kn,
+    stride_vb, stride_vc, stride_vn,
+    stride_rb, stride_rc, stride_rn,
+    N, CQK, CV, N_BUCKET, qk_scale,
+    HAS_GAMMA: tl.constexpr, HAS_RESIDUAL: tl.constexpr, SAVE_O: tl.constexpr,
+    QK_PRECISION: tl.constexpr, MM_PRECISION: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr,
+):
+    """Pass 2: out[:, c-block, m-block] with P = exp(S - lse) exactly normalised.
+
+    The same grid and S recomputation per v block as the one-pass kernel, but no running
+    max, no rescaling of the accumulator and no final division: each key step is two
+    products and one exp2, with no dependence on the previous step but the accumulator.
+    """
+    pid_m = tl.program_id(0)
+    pid_v = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    Q += b * stride_qb
+    K += b * stride_kb
+    V += b * stride_vb
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_c = pid_v * BLOCK_DV + tl.arange(0, BLOCK_DV)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_m = offs_m < N
+    mask_c = offs_c < CV
+    mask_d = offs_d < CQK
+
+    q = tl.load(Q + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qc,
+                mask=mask_m[:, None] & mask_d[None, :], other=0.0)  # [M, D]
+    # Padded query rows: q = 0 and lse = 0 give P = 1, finite, masked on store.
+    lse = tl.load(Lse + b * N + offs_m, mask=mask_m, other=0.0) * LOG2E  # log2 units
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    for start_n in range(0, N, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        kt = tl.load(K + offs_d[:, None] * stride_kc + offs_n[None, :] * stride_kn,
+                     mask=mask_d[:, None] & mask_n[None, :], other=0.0)  # [D, N]
+        s = tl.dot(q, kt, input_precision=QK_PRECISION) * qk_scale
+        p = tl.exp2(s - lse[:, None])
+        p = tl.where(mask_n[None, :], p, 0.0)
+        v = tl.load(V + offs_n[:, None] * stride_vn + offs_c[None, :] * stride_vc,
+                    mask=mask_n[:, None] & mask_c[None, :], other=0.0)  # [N, DV]
+        acc += tl.dot(p.to(v.dtype), v, input_precision=MM_PRECISION)
+    _store_forward(acc, b, offs_m, offs_c, mask_m, mask_c, Gamma, Res, Out, O,
+                   stride_rb, stride_rc, stride_rn, N, CV, HAS_GAMMA, HAS_RESIDUAL, SAVE_O)
 
 
 # --- backward ----------------------------------------------------------------------------
@@ -524,17 +669,34 @@ def pam_forward(
     res = residual if has_residual else v
     qk_precision, mm_precision = configs.dot_precisions(q.dtype)
 
+    qk_scale = float(scale) * LOG2E.value
+
     def grid(meta):
         return (triton.cdiv(n, meta["BLOCK_M"]), triton.cdiv(cv, meta["BLOCK_DV"]), batch)
 
-    _pam_fwd_kernel[grid](
+    kernel = _pam_fwd_kernel
+    if forward_variant() == "two_pass":
+        _pam_lse_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), batch)](
+            q, k, lse, *q.stride(), *k.stride(), n, cqk, configs.n_bucket(n), qk_scale,
+            QK_PRECISION=qk_precision, BLOCK_D=_block_d(cqk),
+        )
+        kernel = _pam_fwd_normalised_kernel
+    kernel[grid](
         q, k, v, gamma if has_gamma else lse, res, out, o if keep_o else out, lse,
         *q.stride(), *k.stride(), *v.stride(), *res.stride(),
-        n, cqk, cv, configs.n_bucket(n), float(scale) * LOG2E.value,
+        n, cqk, cv, configs.n_bucket(n), qk_scale,
         HAS_GAMMA=has_gamma, HAS_RESIDUAL=has_residual, SAVE_O=keep_o,
         QK_PRECISION=qk_precision, MM_PRECISION=mm_precision, BLOCK_D=_block_d(cqk),
     )
     return out, lse, o
+
+
+def forward_variant() -> str:
+    """``online`` (default) or ``two_pass`` (``DANET_OPS_TRITON_PAM_FWD=two_pass``)."""
+    value = os.environ.get(FWD_VARIANT_ENV, "online").strip().lower()
+    if value not in ("online", "two_pass"):
+        raise ValueError(f"{FWD_VARIANT_ENV} must be 'online' or 'two_pass', got {value!r}")
+    return value
 
 
 def backward_variant(cv: int, dtype: torch.dtype = torch.float16) -> str:

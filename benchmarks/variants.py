@@ -1,0 +1,46 @@
+"""The Triton backend's variants as benchmark rows (``--variants``): a row named
+``triton[<variant>]`` runs the ``triton`` backend with that variant's environment, read by
+``danet_ops.triton`` at each launch. Plain ``triton`` is the default of every switch."""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
+from unittest import mock
+
+VARIANTS = {
+    "fwd=two_pass": {"DANET_OPS_TRITON_PAM_FWD": "two_pass"},
+    "bwd=fused": {"DANET_OPS_TRITON_PAM_BWD": "fused"},
+    "fp32=ieee": {"DANET_OPS_TRITON_FP32": "ieee"},
+}
+
+
+def split(backend: str) -> tuple[str, dict]:
+    """``"triton[bwd=fused]"`` -> ``("triton", {"DANET_OPS_TRITON_PAM_BWD": "fused"})``."""
+    name, _, variant = backend.partition("[")
+    return name, VARIANTS[variant.rstrip("]")] if variant else {}
+
+
+@contextlib.contextmanager
+def backend_of(cfg: dict) -> Iterator[dict]:
+    """The config with its plain backend name, under its variant's environment."""
+    name, env = split(cfg["backend"])
+    with mock.patch.dict(os.environ, env):
+        yield dict(cfg, backend=name)
+
+
+def with_variants(cfgs: list[dict]) -> list[dict]:
+    """After each triton config, one per variant that changes something for it: the
+    two-pass forward for PAM, the fused backward for PAM fwd+bwd, exact FMA for fp32."""
+    out = []
+    for cfg in cfgs:
+        out.append(cfg)
+        if cfg["backend"] != "triton":
+            continue
+        if cfg["op"] == "pam":
+            out.append(dict(cfg, backend="triton[fwd=two_pass]"))
+            if cfg["mode"] == "fwdbwd":
+                out.append(dict(cfg, backend="triton[bwd=fused]"))
+        if cfg["dtype"] == "fp32":
+            out.append(dict(cfg, backend="triton[fp32=ieee]"))
+    return out
