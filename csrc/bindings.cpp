@@ -8,11 +8,11 @@ namespace danet {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pam_forward(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const c10::optional<at::Tensor>& gamma, const c10::optional<at::Tensor>& residual,
-    double scale, bool save_o);
+    double scale, bool save_o, bool tf32);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pam_backward(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const c10::optional<at::Tensor>& gamma, const at::Tensor& o, const at::Tensor& lse,
-    double scale);
+    double scale, bool tf32);
 std::tuple<at::Tensor, at::Tensor> cam_forward(const at::Tensor& x,
                                                const c10::optional<at::Tensor>& gamma);
 std::tuple<at::Tensor, at::Tensor> cam_backward(const at::Tensor& dout, const at::Tensor& x,
@@ -23,13 +23,14 @@ std::tuple<at::Tensor, at::Tensor> cam_backward(const at::Tensor& dout, const at
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "danet_ops CUDA kernels: PAM and CAM forward and backward (fp32/fp16/bf16)";
   m.def("pam_forward", &danet::pam_forward,
-        "(q, k, v [B, C, N], gamma?, residual?, scale, save_o) -> (out, lse fp32 [B, N], o)",
+        "(q, k, v [B, C, N], gamma?, residual?, scale, save_o, tf32=False) -> (out, lse fp32 [B, N], o); "
+        "tf32: fp32 products other than the energies as one TF32 MMA (else 3xTF32)",
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("gamma"), py::arg("residual"),
-        py::arg("scale"), py::arg("save_o"));
+        py::arg("scale"), py::arg("save_o"), py::arg("tf32") = false);
   m.def("pam_backward", &danet::pam_backward,
-        "(dout, q, k, v, gamma?, o, lse, scale) -> (dq, dk, dv, dgamma)", py::arg("dout"),
+        "(dout, q, k, v, gamma?, o, lse, scale, tf32=False) -> (dq, dk, dv, dgamma)", py::arg("dout"),
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("gamma"), py::arg("o"),
-        py::arg("lse"), py::arg("scale"));
+        py::arg("lse"), py::arg("scale"), py::arg("tf32") = false);
   m.def("cam_forward", &danet::cam_forward, "(x [B, C, N], gamma?) -> (out, attn fp32 [B, C, C])",
         py::arg("x"), py::arg("gamma"));
   m.def("cam_backward", &danet::cam_backward, "(dout, x, attn, gamma?) -> (dx, dgamma)",

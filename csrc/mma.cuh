@@ -1,6 +1,16 @@
 // Warp-level tensor-core building blocks (sm_80+; the sm_80 instructions run on sm_90):
 //
 //   mma_16816<E>(d, a, b0, b1)   mma.sync.aligned.m16n8k16.row.col.f32.E.E.f32, d += a b
+//   mma_1688_tf32(d, a, b)       mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32, d += a b
+//   tf32_rna(x)                  cvt.rna.tf32.f32: x rounded to TF32 (10 mantissa bits, to
+//                                nearest, ties away from zero), low 13 bits of the .b32 zero
+//   split_tf32(x, hi, lo)        x = hi + lo + O(2^-22 |x|): hi = tf32_rna(x), lo = tf32_rna(x - hi)
+//   mma_tf32x3(d, a_hi, a_lo, b_hi, b_lo, exact)
+//                                d += a b of fp32 operands given as TF32 pairs (split_tf32):
+//                                three m16n8k8 MMAs a_lo b_hi + a_hi b_lo + a_hi b_hi (the
+//                                small terms first), fp32-accurate; with exact = false the
+//                                single TF32 product a_hi b_hi
+//   ld_shared_f2(p, x0, x1)      one 64-bit shared-memory load of two floats (8-byte aligned)
 //   ldmatrix_x4(r, row)          ldmatrix.sync.aligned.m8n8.x4.shared.b16
 //   ldmatrix_x4_trans(r, row)    ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16
 //   cp_async_cg16 / _ca16        cp.async.{cg,ca}.shared.global 16 bytes, zero-filled past
@@ -16,6 +26,13 @@
 //   B (16 x 8, col):  b0 = B[2t..2t+1][g]      b1 = B[2t+8..2t+9][g]
 //   C, D (16 x 8):    d[0], d[1] = D[g][2t..2t+1]   d[2], d[3] = D[g+8][2t..2t+1]
 // (each .b32 register holds the element of the lower column / row in its low half).
+// For m16n8k8 with .tf32 inputs (PTX ISA, "Matrix Fragments for mma.m16n8k8", .tf32), one
+// element per .b32 register:
+//   A (16 x 8, row):  a[0] = A[g][t]   a[1] = A[g+8][t]   a[2] = A[g][t+4]   a[3] = A[g+8][t+4]
+//   B (8 x 8, col):   b[0] = B[t][g]   b[1] = B[t+4][g]
+//   C, D (16 x 8):    as for m16n8k16: d[0], d[1] = D[g][2t..2t+1]   d[2], d[3] = D[g+8][2t..2t+1]
+// The tensor cores read only the upper 19 bits of a .tf32 operand (sign, 8 exponent and 10
+// mantissa bits); the products of two TF32 values are exact in fp32, the sums are fp32.
 // ldmatrix .x4: lanes 8m..8m+7 give the row addresses (16 bytes each, 16-byte aligned) of
 // 8x8 matrix m; register r[m] of lane receives M_m[lane / 4][2 (lane % 4) .. +1], or with
 // .trans M_m[2 (lane % 4) .. +1][lane / 4].
@@ -66,6 +83,16 @@ template <int N>
 inline void cp_async_wait() { emu::cp_async_wait(N); }
 inline uint4 ld_global_128(const void* p) { return emu::ld_global_128(p); }
 inline void st_global_128(void* p, uint4 v) { emu::st_global_128(p, v); }
+inline void mma_1688_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  emu::mma_m16n8k8_tf32(d, a, b);
+}
+inline uint32_t tf32_rna(float x) { return emu::cvt_rna_tf32(x); }
+inline float uint_as_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline void ld_shared_f2(const float* p, float& x0, float& x1) { emu::ld_shared_f2(p, x0, x1); }
 
 #else  // CUDA
 
@@ -164,7 +191,48 @@ __device__ __forceinline__ uint4 ld_global_128(const void* p) {
 }
 __device__ __forceinline__ void st_global_128(void* p, uint4 v) { *reinterpret_cast<uint4*>(p) = v; }
 
+__device__ __forceinline__ void mma_1688_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#if DANET_HAS_MMA
+  asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+__device__ __forceinline__ uint32_t tf32_rna(float x) {
+  uint32_t r = 0u;
+#if DANET_HAS_MMA
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+#endif
+  return r;
+}
+__device__ __forceinline__ float uint_as_float(uint32_t u) { return __uint_as_float(u); }
+__device__ __forceinline__ void ld_shared_f2(const float* p, float& x0, float& x1) {
+  const float2 v = *reinterpret_cast<const float2*>(p);
+  x0 = v.x;
+  x1 = v.y;
+}
+
 #endif  // DANET_EMULATION
+
+// fp32 x as the sum of two TF32 values (hi carries the top 11 significant bits, lo the
+// next 11): what 3xTF32 multiplies.
+__device__ __forceinline__ void split_tf32(float x, uint32_t& hi, uint32_t& lo) {
+  hi = tf32_rna(x);
+  lo = tf32_rna(x - uint_as_float(hi));
+}
+
+// d += a b with a = a_hi + a_lo, b = b_hi + b_lo (split_tf32 of each element): the lo * lo
+// term (2^-22 relative) is dropped, so the error is that of an fp32 product. exact = false
+// (fp32 under matmul precision "high"/"medium", products other than the energies): a_hi b_hi.
+__device__ __forceinline__ void mma_tf32x3(float (&d)[4], const uint32_t (&a_hi)[4], const uint32_t (&a_lo)[4],
+                                           const uint32_t (&b_hi)[2], const uint32_t (&b_lo)[2], bool exact) {
+  if (exact) {
+    mma_1688_tf32(d, a_lo, b_hi);
+    mma_1688_tf32(d, a_hi, b_lo);
+  }
+  mma_1688_tf32(d, a_hi, b_hi);
+}
 
 }  // namespace mma
 }  // namespace danet

@@ -1,5 +1,13 @@
 // PAM host wrappers: input checks and launches. The kernels, and why they are shaped as
-// they are, are in pam_kernels.cuh.
+// they are, are in pam_kernels.cuh. Which kernels serve which dtype:
+//   sm_80+ with the mma kernels' shared memory within the block opt-in limit (Cqk up to 448
+//   for fp16/bf16, 176 for fp32 on sm_90): pam_forward_mma_kernel, pam_dv_mma_kernel and
+//   pam_dqk_mma_kernel for all three dtypes; fp16/bf16 on m16n8k16 MMAs, fp32 on m16n8k8
+//   TF32 MMAs as 3xTF32 (fp32-accurate). `tf32` (torch's float32 matmul precision "high" or
+//   "medium", passed by danet_ops/cuda) lets fp32's products other than the energies run
+//   as one TF32 MMA, as the Triton backend does.
+//   GPUs before sm_80, or a larger Cqk: the 64x64 tile kernels (pam_forward_kernel,
+//   pam_dv_kernel, pam_dqk_kernel): fp32 on SIMT FMAs (true fp32), half types on WMMA.
 #include "common.cuh"
 #include "pam_kernels.cuh"
 
@@ -7,7 +15,6 @@
 #include <cmath>
 #include <initializer_list>
 #include <tuple>
-#include <type_traits>
 
 namespace danet {
 namespace {
@@ -41,10 +48,11 @@ bool mma_fits(size_t bytes) {
   return major >= 8 && bytes <= static_cast<size_t>(optin);
 }
 
-// Whether pam_forward_mma_kernel can run here (q, two k stages and two v stages in shared
-// memory). Returns its byte count, or 0.
+// Whether pam_forward_mma_kernel<T> can run here (q, two k stages and two v stages in
+// shared memory). Returns its byte count, or 0.
+template <typename T>
 size_t mma_forward_smem(int64_t cqk) {
-  const size_t bytes = pam_mma::smem_bytes(static_cast<int>(cqk));
+  const size_t bytes = pam_mma::smem_bytes<T>(static_cast<int>(cqk));
   return mma_fits(bytes) ? bytes : 0;
 }
 
@@ -71,7 +79,7 @@ at::Tensor padded_rows(const at::Tensor& t, int64_t ld) {
 template <typename T>
 bool launch_mma_forward(PamArgs<T> p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                         at::Tensor& out, T* o_raw, at::Tensor& lse, cudaStream_t stream) {
-  const size_t smem = mma_forward_smem(p.cqk);
+  const size_t smem = mma_forward_smem<T>(p.cqk);
   if (smem == 0) return false;
   const int64_t ld = mma_row_stride({&q, &k, &v});
   const auto qp = padded_rows(q, ld), kp = padded_rows(k, ld), vp = padded_rows(v, ld);
@@ -96,7 +104,7 @@ bool launch_mma_backward(PamArgs<T> p, const at::Tensor& dout, const at::Tensor&
                          const at::Tensor& v, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv,
                          cudaStream_t stream) {
   const int cqk = p.cqk;
-  const size_t dv_smem = pam_mma::smem_bytes(cqk), dqk_smem = pam_mma::dqk_smem_bytes(cqk);
+  const size_t dv_smem = pam_mma::smem_bytes<T>(cqk), dqk_smem = pam_mma::dqk_smem_bytes<T>(cqk);
   if (p.cqk == 0 || p.cv == 0 || !mma_fits(std::max(dv_smem, dqk_smem))) return false;
   const int64_t ld = mma_row_stride({&q, &k, &v, &dout});
   const auto qp = padded_rows(q, ld), kp = padded_rows(k, ld), vp = padded_rows(v, ld),
@@ -130,7 +138,7 @@ bool launch_mma_backward(PamArgs<T> p, const at::Tensor& dout, const at::Tensor&
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pam_forward(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const c10::optional<at::Tensor>& gamma, const c10::optional<at::Tensor>& residual,
-    double scale, bool save_o) {
+    double scale, bool save_o, bool tf32) {
   check_pam_inputs(q, k, v);
   if (residual.has_value()) {
     check_input(*residual, "residual", 3);
@@ -163,12 +171,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pam_forward(
     p.cv = cv;
     p.n = n;
     p.scale = static_cast<float>(scale);
+    p.tf32 = tf32;
     scalar_t* o_ptr = keep_o ? o.data_ptr<scalar_t>() : nullptr;
-    // fp16/bf16 on tensor cores through mma.sync where the GPU and shared memory allow
-    // (pam_kernels.cuh); fp32, and half types elsewhere, on the 64x64 tile kernel.
-    if constexpr (!std::is_same<scalar_t, float>::value) {
-      if (launch_mma_forward(p, q, k, v, out, o_ptr, lse, stream)) return;
-    }
+    // Every dtype on tensor cores through mma.sync where the GPU (sm_80+) and shared memory
+    // allow (pam_kernels.cuh; fp32 as 3xTF32); elsewhere the 64x64 tile kernel.
+    if (launch_mma_forward(p, q, k, v, out, o_ptr, lse, stream)) return;
     pam_forward_kernel<scalar_t><<<grid, THREADS, 0, stream>>>(p, out.data_ptr<scalar_t>(), o_ptr,
                                                                lse.data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -179,7 +186,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pam_forward(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pam_backward(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const c10::optional<at::Tensor>& gamma, const at::Tensor& o, const at::Tensor& lse,
-    double scale) {
+    double scale, bool tf32) {
   check_pam_inputs(q, k, v);
   check_input(dout, "dout", 3);
   check_input(o, "o", 3);
@@ -224,16 +231,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pam_backward(
       p.cv = cv;
       p.n = n;
       p.scale = static_cast<float>(scale);
+      p.tf32 = tf32;
 
       pam_delta_kernel<scalar_t><<<dim3(ceil_div(n, THREADS), batch), THREADS, 0, stream>>>(
           p.dout, o.data_ptr<scalar_t>(), p.gamma, cv, n, rowdot.data_ptr<float>(),
           delta.data_ptr<float>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      // fp16/bf16 on mma.sync where the GPU and shared memory allow (pam_kernels.cuh); fp32,
-      // and half types elsewhere, on the 64x64 tile kernels.
-      if constexpr (!std::is_same<scalar_t, float>::value) {
-        if (launch_mma_backward(p, dout, q, k, v, dq, dk, dv, stream)) return;
-      }
+      // Every dtype on mma.sync where the GPU and shared memory allow (pam_kernels.cuh;
+      // fp32 as 3xTF32); elsewhere the 64x64 tile kernels.
+      if (launch_mma_backward(p, dout, q, k, v, dq, dk, dv, stream)) return;
       if (cv > 0) {
         pam_dv_kernel<scalar_t><<<dim3(ceil_div(n, TILE), ceil_div(cv, TILE), batch), THREADS, 0, stream>>>(
             p, dv.data_ptr<scalar_t>());

@@ -3,25 +3,43 @@
 // with q, k [B, Cqk, N] and v, residual [B, Cv, N], read channel-first as convolutions
 // write them.
 //
-// Forward, fp16/bf16 (pam_forward_mma_kernel): FlashAttention-2's structure on the
-// warp-level tensor-core instructions of mma.cuh. One block of 4 warps per (query tile of
+// Which kernels serve which dtype: on sm_80+ (where the shared memory below fits) the
+// mma.sync kernels serve fp32, fp16 and bf16 alike, one kernel text each, with the operand
+// handling chosen by the element type in the two warp products they are built from
+// (warp_xt_y, warp_p_yt): fp16/bf16 through ldmatrix into m16n8k16 MMAs; fp32 through
+// plain 32/64-bit shared loads into m16n8k8 TF32 MMAs, every product as 3xTF32 (each
+// operand split into TF32 hi + lo, hi*lo + lo*hi + hi*hi: error at the fp32 level), or,
+// with PamArgs::tf32 (torch's matmul precision "high"/"medium"), the products other than
+// the energies as one TF32 MMA. Softmax statistics and accumulators are fp32 for all.
+// The 64x64 tile kernels (pam_forward_kernel, pam_dv_kernel, pam_dqk_kernel) serve GPUs
+// before sm_80 and a Cqk too large for the mma kernels' shared memory: fp32 on SIMT FMAs,
+// the half types on WMMA (tile.cuh).
+//
+// Forward (pam_forward_mma_kernel): FlashAttention-2's structure on the warp-level
+// tensor-core instructions of mma.cuh. One block of 4 warps per (query tile of
 // 64, v-channel tile of 128, batch item); warp w owns query rows 16w..16w+15 of the tile.
 // Per key tile of 64: S = q^T k stays in the warps' registers as mma accumulator
 // fragments, the online softmax runs on those fragments (row max and sum over the 4 lanes
-// of a fragment row by shuffles), and P is repacked in registers as the A operand of P.V;
-// nothing of S or P goes through shared memory. k and v tiles come in by cp.async, double
-// buffered (tile j+1 loads while tile j computes), and reach the mma through ldmatrix
-// (.trans where the channel-first layout needs it). Splitting the 512 v channels of DANet
+// of a fragment row by shuffles), and P is repacked in registers as the A operand of P.V
+// (fp32: split into TF32 hi + lo, with the keys of each 8-key step permuted so that the
+// accumulator layout is the A layout, see warp_p_yt); nothing of S or P goes through
+// shared memory. k and v tiles come in by cp.async, double buffered (tile j+1 loads while
+// tile j computes), and reach the mma through ldmatrix (.trans where the channel-first
+// layout needs it) for the half types, through 32/64-bit shared loads for fp32. fp32
+// stages 4-byte elements: twice the shared memory (129024 bytes at Cqk = 64, one block per
+// SM on sm_90 against three for the half types); whether a smaller fp32 tile (fewer v
+// channels or one k/v stage) wins needs a GPU to measure. Splitting the 512 v channels of DANet
 // over 4 blocks (grid.y) keeps the per-thread accumulator at 64 fp32 registers; the price
 // is that each recomputes S (2*N^2*Cqk each): 2*N^2*(4*Cqk + Cv) FLOPs in all, 1.33x the
 // minimum 2*N^2*(Cqk + Cv) at Cqk = Cv/8 (64-channel tiles, as pam_forward_kernel's: 1.78x).
 // 256 channels per block would halve the recomputation (2*N^2*(2*Cqk + Cv), 1.11x) but
 // doubles the accumulator: for sm_90 ptxas gives 247 registers (no spill) against 164, so 2 blocks
 // (8 warps) per SM instead of 3; which wins needs a GPU to measure.
-// fp32 (and half types where this kernel cannot run: GPUs before sm_80, or Cqk so large
-// that q and two k stages do not fit in shared memory) take pam_forward_kernel: one block
-// per (query tile of 64, v-channel tile of 64, batch item), 64x64 tiles staged in shared
-// memory, fp32 on SIMT FMAs, half types on WMMA (tile.cuh).
+// Where this kernel cannot run (GPUs before sm_80, or Cqk so large that q and two k stages
+// do not fit in shared memory: over 176 channels for fp32, 448 for the half types on
+// sm_90) every dtype takes pam_forward_kernel: one block per (query tile of 64, v-channel
+// tile of 64, batch item), 64x64 tiles staged in shared memory, fp32 on SIMT FMAs, half
+// types on WMMA (tile.cuh).
 // Both write the per-row log-sum-exp (natural log) for backward.
 //
 // Backward is deterministic (no atomics), FA2-style with P recomputed from the LSE:
@@ -31,11 +49,11 @@
 //   dK, dQ:     one kernel, two instantiations: per (key tile | query tile, qk-channel
 //               tile) it loops over the other axis, recomputing P and
 //               dS = scale * P * (dO^T v - delta), and accumulates q.dS or k.dS^T.
-// dO = gamma * dout. fp16/bf16 run these on mma.sync (pam_dv_mma_kernel,
+// dO = gamma * dout. All three dtypes run these on mma.sync (pam_dv_mma_kernel,
 // pam_dqk_mma_kernel: the forward's building blocks, S, P, dP and dS in registers as
-// fragments; dV per 128 v channels as the forward's O, dK / dQ per 64 qk channels with
-// dP's reduction over Cv streamed in 64-channel chunks); fp32, and half types where those
-// cannot run, take the 64x64 tile kernels pam_dv_kernel / pam_dqk_kernel. FLOPs of the
+// fragments, fp32 as 3xTF32; dV per 128 v channels as the forward's O, dK / dQ per 64 qk
+// channels with dP's reduction over Cv streamed in 64-channel chunks); where those cannot
+// run, the 64x64 tile kernels pam_dv_kernel / pam_dqk_kernel. FLOPs of the
 // mma backward: dV 2*N^2*(ceil(Cv/128)*Cqk + Cv), dK and dQ 2*N^2*(2*Cqk + Cv) each for
 // Cqk <= 64. Ragged N (97*97 = 9409) is masked: out-of-range positions load as zeros, get
 // P = 0, and are never stored.
@@ -57,8 +75,12 @@ struct PamArgs {
   const float* lse;   // [B, N] (backward; written by forward through lse_out)
   const float* delta; // [B, N] (backward)
   int cqk, cv, n;
-  int ld;             // row stride of q, k, v in pam_forward_mma_kernel (a multiple of 8, >= n)
+  int ld;             // row stride of q, k, v (and dout) in the mma kernels (a multiple of 8, >= n)
   float scale;
+  // fp32 in the mma kernels: every product but the energies (P.V, P^T.dO, dO^T.v, dS.k,
+  // dS^T.q) as one TF32 MMA instead of 3xTF32, as torch's matmul precision "high" and
+  // "medium" allow. Energies (q^T k) are always 3xTF32. Ignored for fp16/bf16.
+  bool tf32;
 };
 
 // Energies of one tile, s[a][b] = scale * sum_c q[c][i] k[c][j] for i = i0 + ty + 16a,
@@ -230,7 +252,7 @@ pam_forward_kernel(PamArgs<T> p, T* out, T* o_raw, float* lse_out) {
   }
 }
 
-// ---- forward on mma.sync (fp16/bf16) --------------------------------------------------
+// ---- forward on mma.sync (fp16/bf16 on m16n8k16, fp32 on m16n8k8 TF32) ------------------
 
 namespace pam_mma {
 constexpr int WARPS = 4;
@@ -238,9 +260,12 @@ constexpr int BLOCK_THREADS = 32 * WARPS;
 constexpr int BM = 16 * WARPS;  // query rows per block, 16 per warp
 constexpr int BN = 64;          // keys per tile
 constexpr int CVT = 128;        // v channels per block: 64 fp32 accumulator registers per thread
-// Shared rows run along positions (query or key), padded from 64 to 72 elements: 144
-// bytes, so the 8 row addresses of an ldmatrix fall on distinct banks, and a multiple of
-// 16 bytes, as ldmatrix and cp.async need.
+// Shared rows run along positions (query or key), padded from 64 to 72 elements, a
+// multiple of 16 bytes as ldmatrix and cp.async need. Half types: 144 bytes, so the 8 row
+// addresses of an ldmatrix fall on distinct banks. fp32: 288 bytes = 72 banks = 8 mod 32,
+// so the 32-bit fragment loads of a warp (rows t + 4 h, columns g: banks 8 t + g + const)
+// and its 64-bit ones (per half warp, rows g < 4, columns 2t: banks 8 g + 2 t + 0..1) are
+// conflict-free.
 constexpr int PITCH = BN + 8;
 constexpr int OPITCH = BM + 4;  // fp32 O^T staging for the epilogue (conflict-free writes)
 static_assert(BM == BN, "q and k tiles share the shared-memory row layout");
@@ -252,56 +277,166 @@ constexpr int YC = 64;
 constexpr int GC = 64;
 static_assert(GC * OPITCH * 4 <= 4 * YC * PITCH * 2, "the dK/dQ staging reuses the v/dO chunk stages");
 
+// __launch_bounds__'s minimum blocks per SM. fp32: 1, what its shared memory allows on
+// sm_90 (129024 bytes a block at Cqk = 64), so ptxas may use up to 255 registers (without
+// it, ptxas keeps the fp32 dV kernel at 128 and spills). Half types: 0, which nvcc treats
+// as no bound (no .minnctapersm in the PTX), i.e. their code as before (3 blocks per SM by
+// shared memory and by registers).
+template <typename T>
+constexpr int min_blocks() { return sizeof(T) == 4 ? 1 : 0; }
+
 constexpr int cqk_padded(int cqk) { return (cqk + 15) / 16 * 16; }
-// Dynamic shared memory of a block (elements are 2 bytes): q, two k stages, two v stages;
-// also pam_dv_mma_kernel's (k, two q stages, two dO stages).
+// Dynamic shared memory of a block for elements of type T (staged as they are: 2 bytes for
+// the half types, 4 for fp32): q, two k stages, two v stages; also pam_dv_mma_kernel's (k,
+// two q stages, two dO stages). At Cqk = 64: 64512 bytes (half), 129024 (fp32), within the
+// 232448 a block may opt into on sm_90 (the host checks, mma_fits in pam.cu).
+template <typename T>
 inline size_t smem_bytes(int cqk) {
-  return static_cast<size_t>(3 * cqk_padded(cqk) + 2 * CVT) * PITCH * 2;
+  return static_cast<size_t>(3 * cqk_padded(cqk) + 2 * CVT) * PITCH * sizeof(T);
 }
 // pam_dqk_mma_kernel's: own q or k, two stages of the other, two stages each of the own and
 // the other v / dO chunk.
+template <typename T>
 inline size_t dqk_smem_bytes(int cqk) {
-  return static_cast<size_t>(3 * cqk_padded(cqk) + 4 * YC) * PITCH * 2;
+  return static_cast<size_t>(3 * cqk_padded(cqk) + 4 * YC) * PITCH * sizeof(T);
 }
 }  // namespace pam_mma
 
 // Stage rows [0, rows) x positions [p0, p0 + 64) of a row-major matrix with row stride ld
 // (a multiple of 8, the source 16-byte aligned) into dst[r * PITCH + j] by 16-byte
-// cp.async copies; rows from rows_valid on and positions from ld on are zero-filled.
+// cp.async copies (8 half or 4 fp32 elements each); rows from rows_valid on and positions
+// from ld on are zero-filled.
 template <typename T>
 __device__ __forceinline__ void stage_async(T* dst, const T* src, int rows, int rows_valid, int ld,
                                             int p0) {
   using namespace pam_mma;
-  for (int e = threadIdx.x; e < rows * (BN / 8); e += BLOCK_THREADS) {
-    const int r = e / (BN / 8), pos = p0 + 8 * (e % (BN / 8));
+  constexpr int V = 16 / static_cast<int>(sizeof(T));
+  for (int e = threadIdx.x; e < rows * (BN / V); e += BLOCK_THREADS) {
+    const int r = e / (BN / V), pos = p0 + V * (e % (BN / V));
     const bool ok = r < rows_valid && pos < ld;
     mma::cp_async_cg16(dst + r * PITCH + (pos - p0), ok ? src + (int64_t)r * ld + pos : src,
                        ok ? 16 : 0);
   }
 }
 
+// The two warp-level products every mma kernel is made of. Operand handling follows the
+// element type: fp16/bf16 through ldmatrix into m16n8k16 MMAs; fp32 by plain 32/64-bit
+// shared loads in the m16n8k8 .tf32 layout (ldmatrix moves 16-bit elements), each element
+// split into TF32 hi + lo (split_tf32) and multiplied as 3xTF32 (mma_tf32x3), or as one
+// TF32 product where `exact` is false. One kernel text serves all three types.
+
 // acc[16 x BN] += X^T Y for the warp's 16 rows: X and Y are channel-major tiles in shared
 // memory (pitch PITCH), the rows are X's columns 16 warp .. 16 warp + 15, the BN columns
-// Y's; channels [0, channels), a multiple of 16. Both operands come through ldmatrix.trans:
-// A's matrices (rows, channels) 0-7/0-7, 8-15/0-7, 0-7/8-15, 8-15/8-15; B's, for columns
-// 16 np + 0-7 then + 8-15, channels 0-7 and 8-15. The energies S = q^T k (forward, dQ),
-// S^T = k^T q (dV, dK) and dP = dO^T v are all this product.
+// Y's; channels [0, channels), a multiple of 16. Half types: both operands come through
+// ldmatrix.trans: A's matrices (rows, channels) 0-7/0-7, 8-15/0-7, 0-7/8-15, 8-15/8-15;
+// B's, for columns 16 np + 0-7 then + 8-15, channels 0-7 and 8-15. fp32: per 8 channels
+// kc, a = X[kc + t (+4)][16 warp + g (+8)] and b = Y[kc + t (+4)][8 nt + g]. The energies
+// S = q^T k (forward, dQ), S^T = k^T q (dV, dK) and dP = dO^T v are all this product;
+// the energies always with exact = true.
 template <typename T>
 __device__ __forceinline__ void warp_xt_y(float (&acc)[pam_mma::BN / 8][4], const T* x, const T* y,
-                                          int channels) {
+                                          int channels, bool exact) {
   using namespace pam_mma;
-  using E = typename wmma_elem<T>::type;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int lr = lane % 8, lm = lane / 8;  // ldmatrix: the row this lane addresses, of matrix lm
-  for (int kc = 0; kc < channels; kc += 16) {
-    uint32_t a[4];
-    mma::ldmatrix_x4_trans(a, x + (kc + lr + 8 * (lm / 2)) * PITCH + 16 * warp + 8 * (lm % 2));
+  if constexpr (std::is_same<T, float>::value) {
+    const int g = lane / 4, t = lane % 4;
+    for (int kc = 0; kc < channels; kc += 8) {
+      const float* xa = x + (kc + t) * PITCH + 16 * warp + g;
+      uint32_t a_hi[4], a_lo[4];
+      mma::split_tf32(xa[0], a_hi[0], a_lo[0]);
+      mma::split_tf32(xa[8], a_hi[1], a_lo[1]);
+      mma::split_tf32(xa[4 * PITCH], a_hi[2], a_lo[2]);
+      mma::split_tf32(xa[4 * PITCH + 8], a_hi[3], a_lo[3]);
 #pragma unroll
-    for (int np = 0; np < BN / 16; ++np) {
-      uint32_t b[4];
-      mma::ldmatrix_x4_trans(b, y + (kc + lr + 8 * (lm % 2)) * PITCH + 16 * np + 8 * (lm / 2));
-      mma::mma_16816<E>(acc[2 * np], a, b[0], b[1]);
-      mma::mma_16816<E>(acc[2 * np + 1], a, b[2], b[3]);
+      for (int nt = 0; nt < BN / 8; ++nt) {
+        const float* yb = y + (kc + t) * PITCH + 8 * nt + g;
+        uint32_t b_hi[2], b_lo[2];
+        mma::split_tf32(yb[0], b_hi[0], b_lo[0]);
+        mma::split_tf32(yb[4 * PITCH], b_hi[1], b_lo[1]);
+        mma::mma_tf32x3(acc[nt], a_hi, a_lo, b_hi, b_lo, exact);
+      }
+    }
+  } else {
+    using E = typename wmma_elem<T>::type;
+    const int lr = lane % 8, lm = lane / 8;  // ldmatrix: the row this lane addresses, of matrix lm
+    for (int kc = 0; kc < channels; kc += 16) {
+      uint32_t a[4];
+      mma::ldmatrix_x4_trans(a, x + (kc + lr + 8 * (lm / 2)) * PITCH + 16 * warp + 8 * (lm % 2));
+#pragma unroll
+      for (int np = 0; np < BN / 16; ++np) {
+        uint32_t b[4];
+        mma::ldmatrix_x4_trans(b, y + (kc + lr + 8 * (lm % 2)) * PITCH + 16 * np + 8 * (lm / 2));
+        mma::mma_16816<E>(acc[2 * np], a, b[0], b[1]);
+        mma::mma_16816<E>(acc[2 * np + 1], a, b[2], b[3]);
+      }
+    }
+  }
+}
+
+// acc[16 x NC] += P Y^T for the warp's 16 rows: P [16 x BN] is held as the accumulator
+// fragments p of a warp_xt_y product (p[nt][2h + e] = P[g + 8h][8 nt + 2t + e]), Y is
+// channel-major in shared memory (Y[c][j] at y[c * PITCH + j]), the NC columns are Y's
+// channels; 16-channel pairs from `valid` on are skipped (warp-uniform: they hold zeros,
+// or lie past what was staged). O = P v^T (forward), dV = P^T dO^T and grad = dS X'^T are
+// this product.
+// Half types: P's A fragment for keys 16 kj .. 16 kj + 15 is the accumulator fragments of
+// S tiles 2 kj and 2 kj + 1 rounded to E in registers; B = Y^T with Y stored [c][j], j
+// contiguous: plain ldmatrix, matrices (channels, keys) 0-7/0-7, 0-7/8-15, 8-15/0-7,
+// 8-15/8-15 of the 16-channel pair cp.
+// fp32, without shuffles: the m16n8k8 A fragment wants columns t and t + 4 of an 8-key
+// step, but the accumulator holds keys 2t and 2t + 1. The key order within a step does not
+// matter to a sum over keys, so the step's keys are permuted: logical k = t is key 2t,
+// k = t + 4 is key 2t + 1. Then a = (p[nt][0], p[nt][2], p[nt][1], p[nt][3]) as it is, and
+// B's rows are read with the same permutation: b[0] = Y[c][8 nt + 2t], b[1] = Y[c][8 nt +
+// 2t + 1], one 64-bit load. P is split into TF32 hi + lo as well (3xTF32 unless !exact).
+template <typename T, int NC>
+__device__ __forceinline__ void warp_p_yt(float (&acc)[NC / 8][4], const float (&p)[pam_mma::BN / 8][4],
+                                          const T* y, int valid, bool exact) {
+  using namespace pam_mma;
+  const int lane = threadIdx.x % 32;
+  if constexpr (std::is_same<T, float>::value) {
+    const int g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+      uint32_t a_hi[4], a_lo[4];
+      mma::split_tf32(p[nt][0], a_hi[0], a_lo[0]);  // row g, key 2t     (k = t)
+      mma::split_tf32(p[nt][2], a_hi[1], a_lo[1]);  // row g + 8, key 2t
+      mma::split_tf32(p[nt][1], a_hi[2], a_lo[2]);  // row g, key 2t + 1 (k = t + 4)
+      mma::split_tf32(p[nt][3], a_hi[3], a_lo[3]);  // row g + 8, key 2t + 1
+#pragma unroll
+      for (int cp = 0; cp < NC / 16; ++cp) {
+        if (16 * cp < valid) {
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float y0, y1;
+            mma::ld_shared_f2(y + (16 * cp + 8 * h + g) * PITCH + 8 * nt + 2 * t, y0, y1);
+            uint32_t b_hi[2], b_lo[2];
+            mma::split_tf32(y0, b_hi[0], b_lo[0]);
+            mma::split_tf32(y1, b_hi[1], b_lo[1]);
+            mma::mma_tf32x3(acc[2 * cp + h], a_hi, a_lo, b_hi, b_lo, exact);
+          }
+        }
+      }
+    }
+  } else {
+    using E = typename wmma_elem<T>::type;
+    const int lr = lane % 8, lm = lane / 8;
+#pragma unroll
+    for (int kj = 0; kj < BN / 16; ++kj) {
+      uint32_t pa[4];
+      pa[0] = mma::pack2<E>(p[2 * kj][0], p[2 * kj][1]);
+      pa[1] = mma::pack2<E>(p[2 * kj][2], p[2 * kj][3]);
+      pa[2] = mma::pack2<E>(p[2 * kj + 1][0], p[2 * kj + 1][1]);
+      pa[3] = mma::pack2<E>(p[2 * kj + 1][2], p[2 * kj + 1][3]);
+#pragma unroll
+      for (int cp = 0; cp < NC / 16; ++cp) {
+        if (16 * cp < valid) {
+          uint32_t bv[4];
+          mma::ldmatrix_x4(bv, y + (16 * cp + lr + 8 * (lm / 2)) * PITCH + 16 * kj + 8 * (lm % 2));
+          mma::mma_16816<E>(acc[2 * cp], pa, bv[0], bv[1]);
+          mma::mma_16816<E>(acc[2 * cp + 1], pa, bv[2], bv[3]);
+        }
+      }
     }
   }
 }
@@ -311,14 +446,14 @@ __device__ __forceinline__ void warp_xt_y(float (&acc)[pam_mma::BN / 8][4], cons
 // q, k, v are read with row stride p.ld (pam.cu pads them to a multiple of 8 positions,
 // with zeros, where N is not one); out, o_raw, residual are dense [B, Cv, N].
 template <typename T>
-__global__ void __launch_bounds__(pam_mma::BLOCK_THREADS)
+__global__ void __launch_bounds__(pam_mma::BLOCK_THREADS, pam_mma::min_blocks<T>())
 pam_forward_mma_kernel(PamArgs<T> p, T* out, T* o_raw, float* lse_out) {
 #if DANET_HAS_MMA
   using namespace pam_mma;
-  using E = typename wmma_elem<T>::type;
   DANET_DYNAMIC_SMEM(smem);
   const int cqk = p.cqk, cv = p.cv, n = p.n, ld = p.ld;
   const int cqkp = cqk_padded(cqk);
+  const bool exact = !p.tf32;  // P.V as 3xTF32 (fp32; ignored for half types)
   T* qs = reinterpret_cast<T*>(smem);  // q[c][i0 + i], c < cqkp
   T* ks = qs + cqkp * PITCH;           // two stages of k[c][j0 + j]
   T* vs = ks + 2 * cqkp * PITCH;       // two stages of v[c0 + c][j0 + j], c < CVT
@@ -326,7 +461,6 @@ pam_forward_mma_kernel(PamArgs<T> p, T* out, T* o_raw, float* lse_out) {
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
-  const int lr = lane % 8, lm = lane / 8;  // ldmatrix: the row this lane addresses, of matrix lm
   const int i0 = blockIdx.x * BM, c0 = blockIdx.y * CVT, b = blockIdx.z;
   const T* q = p.q + (int64_t)b * cqk * ld;
   const T* k = p.k + (int64_t)b * cqk * ld;
@@ -366,7 +500,7 @@ pam_forward_mma_kernel(PamArgs<T> p, T* out, T* o_raw, float* lse_out) {
     for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[nt][e] = 0.0f;
-    warp_xt_y(s, qs, kt, cqkp);
+    warp_xt_y(s, qs, kt, cqkp, true);
 
     // Online softmax on the fragments: row g (h = 0) and g + 8 (h = 1) of the warp, key
     // j0 + 8 nt + 2t + e % 2. Every key tile holds at least one valid key, so the new max
@@ -403,27 +537,8 @@ pam_forward_mma_kernel(PamArgs<T> p, T* out, T* o_raw, float* lse_out) {
       }
     }
 
-    // O[i][c] += sum_j P[i][j] v[c][j]. P's A fragment for keys 16 kj..16 kj + 15 is the
-    // accumulator fragments of S tiles 2 kj and 2 kj + 1, rounded to E in registers. B =
-    // v^T with v stored [c][j], j contiguous: plain ldmatrix, matrices (channels, keys)
-    // 0-7/0-7, 0-7/8-15, 8-15/0-7, 8-15/8-15 of the 16-channel pair cp.
-#pragma unroll
-    for (int kj = 0; kj < BN / 16; ++kj) {
-      uint32_t pa[4];
-      pa[0] = mma::pack2<E>(s[2 * kj][0], s[2 * kj][1]);
-      pa[1] = mma::pack2<E>(s[2 * kj][2], s[2 * kj][3]);
-      pa[2] = mma::pack2<E>(s[2 * kj + 1][0], s[2 * kj + 1][1]);
-      pa[3] = mma::pack2<E>(s[2 * kj + 1][2], s[2 * kj + 1][3]);
-#pragma unroll
-      for (int cp = 0; cp < CVT / 16; ++cp) {
-        if (c0 + 16 * cp < cv) {  // warp-uniform: channel pairs past Cv hold zeros only
-          uint32_t bv[4];
-          mma::ldmatrix_x4(bv, vt + (16 * cp + lr + 8 * (lm / 2)) * PITCH + 16 * kj + 8 * (lm % 2));
-          mma::mma_16816<E>(o[2 * cp], pa, bv[0], bv[1]);
-          mma::mma_16816<E>(o[2 * cp + 1], pa, bv[2], bv[3]);
-        }
-      }
-    }
+    // O[i][c] += sum_j P[i][j] v[c][j] (channel pairs past Cv hold zeros only: skipped).
+    warp_p_yt<T, CVT>(o, s, vt, cv - c0, exact);
     __syncthreads();  // every warp is done with this stage before it is refilled
   }
 
@@ -447,21 +562,22 @@ pam_forward_mma_kernel(PamArgs<T> p, T* out, T* o_raw, float* lse_out) {
   __syncthreads();
   const float gm = scalar_or_one(p.gamma);
   const auto aligned = [](const void* x) { return reinterpret_cast<uintptr_t>(x) % 16 == 0; };
-  if (n % 8 == 0 && aligned(out) && aligned(o_raw) && aligned(p.residual)) {
-    // 8 positions per thread with 128-bit global loads and stores (every row starts on a
-    // 16-byte boundary, and i < n for all 8 once it holds for the first).
-    for (int e = threadIdx.x; e < CVT * BM / 8; e += BLOCK_THREADS) {
-      const int cc = e / (BM / 8), ii = 8 * (e % (BM / 8));
+  constexpr int V = 16 / static_cast<int>(sizeof(T));  // elements per 128 bits
+  if (n % V == 0 && aligned(out) && aligned(o_raw) && aligned(p.residual)) {
+    // V positions per thread with 128-bit global loads and stores (every row starts on a
+    // 16-byte boundary, and i < n for all V once it holds for the first).
+    for (int e = threadIdx.x; e < CVT * BM / V; e += BLOCK_THREADS) {
+      const int cc = e / (BM / V), ii = V * (e % (BM / V));
       const int c = c0 + cc, i = i0 + ii;
       if (c < cv && i < n) {
         const int64_t idx = ((int64_t)b * cv + c) * n + i;
-        T res[8], ob[8], rb[8];
+        T res[V], ob[V], rb[V];
         if (p.residual) {
           const uint4 r = mma::ld_global_128(p.residual + idx);
           memcpy(res, &r, 16);
         }
 #pragma unroll
-        for (int u = 0; u < 8; ++u) {
+        for (int u = 0; u < V; ++u) {
           const float ov = os[cc * OPITCH + ii + u];
           ob[u] = from_float<T>(ov);
           rb[u] = from_float<T>(p.residual ? ov * gm + to_float(res[u]) : ov * gm);
@@ -512,7 +628,7 @@ pam_delta_kernel(const T* dout, const T* o, const float* gamma, int cv, int n, f
   delta[(int64_t)b * n + i] = s * scalar_or_one(gamma);
 }
 
-// ---- backward on mma.sync (fp16/bf16) -------------------------------------------------
+// ---- backward on mma.sync (fp16/bf16 on m16n8k16, fp32 on m16n8k8 TF32) ----------------
 // Both kernels read q, k, v, dout with row stride p.ld (zero-padded by pam.cu as for the
 // forward) and write dense [B, C, N] gradients. Warp w owns the block's positions
 // o0 + 16w .. + 15 (keys for dV and dK, queries for dQ) as the rows of its fragments; the
@@ -526,13 +642,14 @@ pam_delta_kernel(const T* dout, const T* o, const float* gamma, int cv, int n, f
 // exchanged, P^T[j][i] = exp(scale * k_j.q_i - lse_i) in place of the online softmax, and
 // dout for v. Shared memory: pam_mma::smem_bytes(cqk).
 template <typename T>
-__global__ void __launch_bounds__(pam_mma::BLOCK_THREADS) pam_dv_mma_kernel(PamArgs<T> p, T* dv) {
+__global__ void __launch_bounds__(pam_mma::BLOCK_THREADS, pam_mma::min_blocks<T>())
+pam_dv_mma_kernel(PamArgs<T> p, T* dv) {
 #if DANET_HAS_MMA
   using namespace pam_mma;
-  using E = typename wmma_elem<T>::type;
   DANET_DYNAMIC_SMEM(smem);
   const int cqk = p.cqk, cv = p.cv, n = p.n, ld = p.ld;
   const int cqkp = cqk_padded(cqk);
+  const bool exact = !p.tf32;
   T* ks = reinterpret_cast<T*>(smem);  // k[c][j0 + j], c < cqkp
   T* qs = ks + cqkp * PITCH;           // two stages of q[c][i0 + i]
   T* ds = qs + 2 * cqkp * PITCH;       // two stages of dout[c0 + c][i0 + i], c < CVT
@@ -540,7 +657,6 @@ __global__ void __launch_bounds__(pam_mma::BLOCK_THREADS) pam_dv_mma_kernel(PamA
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
-  const int lr = lane % 8, lm = lane / 8;
   const int j0 = blockIdx.x * BM, c0 = blockIdx.y * CVT, b = blockIdx.z;
   const T* q = p.q + (int64_t)b * cqk * ld;
   const T* k = p.k + (int64_t)b * cqk * ld;
@@ -579,7 +695,7 @@ __global__ void __launch_bounds__(pam_mma::BLOCK_THREADS) pam_dv_mma_kernel(PamA
     for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[nt][e] = 0.0f;
-    warp_xt_y(s, ks, qt, cqkp);
+    warp_xt_y(s, ks, qt, cqkp, true);
     // P^T[j][i]: key j = j0 + 16 warp + g + 8h (element 2h + e), query i = i0 + 8 nt + 2t + e.
 #pragma unroll
     for (int nt = 0; nt < BN / 8; ++nt)
@@ -594,24 +710,8 @@ __global__ void __launch_bounds__(pam_mma::BLOCK_THREADS) pam_dv_mma_kernel(PamA
           x = i < n && j < n ? expf(x * p.scale - lse_i) : 0.0f;
         }
       }
-    // dV[j][c] += sum_i P^T[j][i] dout[c][i]: B from dout stored [c][i] by plain ldmatrix.
-#pragma unroll
-    for (int kj = 0; kj < BN / 16; ++kj) {
-      uint32_t pa[4];
-      pa[0] = mma::pack2<E>(s[2 * kj][0], s[2 * kj][1]);
-      pa[1] = mma::pack2<E>(s[2 * kj][2], s[2 * kj][3]);
-      pa[2] = mma::pack2<E>(s[2 * kj + 1][0], s[2 * kj + 1][1]);
-      pa[3] = mma::pack2<E>(s[2 * kj + 1][2], s[2 * kj + 1][3]);
-#pragma unroll
-      for (int cp = 0; cp < CVT / 16; ++cp) {
-        if (c0 + 16 * cp < cv) {  // warp-uniform
-          uint32_t bd[4];
-          mma::ldmatrix_x4(bd, dt + (16 * cp + lr + 8 * (lm / 2)) * PITCH + 16 * kj + 8 * (lm % 2));
-          mma::mma_16816<E>(acc[2 * cp], pa, bd[0], bd[1]);
-          mma::mma_16816<E>(acc[2 * cp + 1], pa, bd[2], bd[3]);
-        }
-      }
-    }
+    // dV[j][c] += sum_i P^T[j][i] dout[c][i] (dout stored [c][i]).
+    warp_p_yt<T, CVT>(acc, s, dt, cv - c0, exact);
     __syncthreads();
   }
 
@@ -643,13 +743,14 @@ __global__ void __launch_bounds__(pam_mma::BLOCK_THREADS) pam_dv_mma_kernel(PamA
 // buffered over the flattened (tile, chunk) steps), then grad[o][c] += dS[o][u] X'[c][u].
 // Shared memory: pam_mma::dqk_smem_bytes(cqk).
 template <typename T, bool FOR_DK>
-__global__ void __launch_bounds__(pam_mma::BLOCK_THREADS) pam_dqk_mma_kernel(PamArgs<T> p, T* grad) {
+__global__ void __launch_bounds__(pam_mma::BLOCK_THREADS, pam_mma::min_blocks<T>())
+pam_dqk_mma_kernel(PamArgs<T> p, T* grad) {
 #if DANET_HAS_MMA
   using namespace pam_mma;
-  using E = typename wmma_elem<T>::type;
   DANET_DYNAMIC_SMEM(smem);
   const int cqk = p.cqk, cv = p.cv, n = p.n, ld = p.ld;
   const int cqkp = cqk_padded(cqk);
+  const bool exact = !p.tf32;  // dP and grad as 3xTF32 (fp32); S always
   T* xo = reinterpret_cast<T*>(smem);  // X[c][o0 + o], c < cqkp
   T* xu = xo + cqkp * PITCH;           // two stages of X'[c][u0 + u] (by tile parity)
   T* yo = xu + 2 * cqkp * PITCH;       // two stages of Y[ch + c][o0 + o], c < YC (by step parity)
@@ -658,7 +759,6 @@ __global__ void __launch_bounds__(pam_mma::BLOCK_THREADS) pam_dqk_mma_kernel(Pam
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
-  const int lr = lane % 8, lm = lane / 8;
   const int o0 = blockIdx.x * BM, c0 = blockIdx.y * GC, b = blockIdx.z;
   const T* q = p.q + (int64_t)b * cqk * ld;
   const T* k = p.k + (int64_t)b * cqk * ld;
@@ -725,12 +825,12 @@ __global__ void __launch_bounds__(pam_mma::BLOCK_THREADS) pam_dqk_mma_kernel(Pam
           s[nt][e] = 0.0f;
           dp[nt][e] = 0.0f;
         }
-      warp_xt_y(s, xo, xut, cqkp);
+      warp_xt_y(s, xo, xut, cqkp, true);
     }
     {  // dP += Y^T Y' over this chunk's channels (chunk pairs past Cv hold zeros: skipped)
       const T* yot = yo + buf * YC * PITCH;
       const T* yut = yu + buf * YC * PITCH;
-      warp_xt_y(dp, yot, yut, min(YC, (cv - ch * YC + 15) / 16 * 16));
+      warp_xt_y(dp, yot, yut, min(YC, (cv - ch * YC + 15) / 16 * 16), exact);
     }
     if (ch == chunks - 1) {
       // dS in place of S: own position o0 + 16 warp + g + 8h (element 2h + e), other
@@ -757,24 +857,9 @@ __global__ void __launch_bounds__(pam_mma::BLOCK_THREADS) pam_dqk_mma_kernel(Pam
             x = p.scale * pr * (gm * dp[nt][2 * h + e] - delta_i);
           }
         }
-      // grad[o][c] += sum_u dS[o][u] X'[c][u]: B from X' stored [c][u] by plain ldmatrix.
-#pragma unroll
-      for (int kj = 0; kj < BN / 16; ++kj) {
-        uint32_t da[4];
-        da[0] = mma::pack2<E>(s[2 * kj][0], s[2 * kj][1]);
-        da[1] = mma::pack2<E>(s[2 * kj][2], s[2 * kj][3]);
-        da[2] = mma::pack2<E>(s[2 * kj + 1][0], s[2 * kj + 1][1]);
-        da[3] = mma::pack2<E>(s[2 * kj + 1][2], s[2 * kj + 1][3]);
-#pragma unroll
-        for (int cp = 0; cp < GC / 16; ++cp) {
-          if (c0 + 16 * cp < cqkp) {  // warp-uniform: X' holds cqkp channel rows
-            uint32_t bx[4];
-            mma::ldmatrix_x4(bx, xut + (c0 + 16 * cp + lr + 8 * (lm / 2)) * PITCH + 16 * kj + 8 * (lm % 2));
-            mma::mma_16816<E>(acc[2 * cp], da, bx[0], bx[1]);
-            mma::mma_16816<E>(acc[2 * cp + 1], da, bx[2], bx[3]);
-          }
-        }
-      }
+      // grad[o][c] += sum_u dS[o][u] X'[c][u] (X' stored [c][u]; it holds cqkp channel
+      // rows, so pairs from there on are skipped).
+      warp_p_yt<T, GC>(acc, s, xut + c0 * PITCH, cqkp - c0, exact);
     }
     __syncthreads();  // every warp is done with this step's stages before they are refilled
   }
@@ -796,8 +881,8 @@ __global__ void __launch_bounds__(pam_mma::BLOCK_THREADS) pam_dqk_mma_kernel(Pam
 #endif
 }
 
-// ---- backward on the 64x64 tile kernels (fp32; half types before sm_80 or with a Cqk too
-// large for the mma kernels' shared memory) ----------------------------------------------
+// ---- backward on the 64x64 tile kernels (every dtype before sm_80 or with a Cqk too large
+// for the mma kernels' shared memory) -----------------------------------------------------
 
 // dV[c][j] = sum_i dO[c][i] P[i][j]: one block per (key tile, v-channel tile, batch item).
 template <typename T>

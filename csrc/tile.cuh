@@ -13,7 +13,7 @@
 // 64x64 tile product on tensor cores through WMMA (16x16x16 fragments, fp32
 // accumulator); the product goes through a shared fp32 tile into the same per-thread
 // 4x4 layout, so the epilogues and the online softmax are one code for every dtype.
-// (The fp16/bf16 PAM forward does not use these tiles: it runs on the register-resident
+// (PAM on sm_80+ does not use these tiles, for any dtype: it runs on the register-resident
 // mma.sync fragments of mma.cuh, see pam_kernels.cuh.)
 #pragma once
 

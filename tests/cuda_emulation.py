@@ -46,38 +46,46 @@ def _entry(lib, name: str, dtype: torch.dtype):
     return getattr(lib, name + SUFFIX[dtype])
 
 
-def pam_forward(lib, q, k, v, gamma, residual, scale, legacy=False):
+def pam_forward(lib, q, k, v, gamma, residual, scale, legacy=False, tf32=False):
     """-> (out, o, lse) from NaN-poisoned buffers; o the raw attention output (always written).
 
     q, k ``[B, Cqk, N]``, v and residual ``[B, Cv, N]`` contiguous, one dtype; gamma a 0-dim
-    float32 tensor or None. fp16/bf16 run the mma.sync kernel as the extension does on
-    sm_80+; ``legacy`` runs the 64x64 tile kernel instead (fp32's, and the half types' on
-    older GPUs or with too large a Cqk)."""
+    float32 tensor or None. Every dtype runs the mma.sync kernel as the extension does on
+    sm_80+ (fp32 as 3xTF32; with ``tf32`` its P·V as one TF32 product, as under matmul
+    precision "high"); ``legacy`` runs the 64x64 tile kernel instead (what every dtype
+    takes on older GPUs or with too large a Cqk)."""
     b, cqk, n = q.shape
     cv = v.shape[1]
     out, o = torch.full_like(v, float("nan")), torch.full_like(v, float("nan"))
     lse = torch.full((b, n), float("nan"))
     i = ctypes.c_int
-    _entry(lib, "emu_pam_forward_legacy" if legacy else "emu_pam_forward", q.dtype)(
-        _ptr(q), _ptr(k), _ptr(v), _ptr(residual), _ptr(gamma), _ptr(out), _ptr(o), _ptr(lse),
-        i(b), i(cqk), i(cv), i(n), ctypes.c_float(scale))
+    args = (_ptr(q), _ptr(k), _ptr(v), _ptr(residual), _ptr(gamma), _ptr(out), _ptr(o), _ptr(lse),
+            i(b), i(cqk), i(cv), i(n), ctypes.c_float(scale))
+    if legacy:
+        _entry(lib, "emu_pam_forward_legacy", q.dtype)(*args)
+    else:
+        _entry(lib, "emu_pam_forward", q.dtype)(*args, i(int(tf32)))
     return out, o, lse
 
 
-def pam_backward(lib, dout, q, k, v, gamma, o, lse, scale, legacy=False):
+def pam_backward(lib, dout, q, k, v, gamma, o, lse, scale, legacy=False, tf32=False):
     """-> (dq, dk, dv, dgamma); o and lse as ``pam_forward`` returned them.
 
-    fp16/bf16 run the mma.sync dV and dK/dQ kernels as the extension does on sm_80+;
-    ``legacy`` runs the 64x64 tile kernels instead (fp32's, and the half types' on older
-    GPUs or with too large a Cqk)."""
+    Every dtype runs the mma.sync dV and dK/dQ kernels as the extension does on sm_80+
+    (``tf32`` as for ``pam_forward``: all but the energies as one TF32 product);
+    ``legacy`` runs the 64x64 tile kernels instead."""
     b, cqk, n = q.shape
     cv = v.shape[1]
     dq, dk, dv = (torch.full_like(t, float("nan")) for t in (q, k, v))
     rowdot, delta, dgamma = torch.empty(b, n), torch.empty(b, n), torch.full((), float("nan"))
     i = ctypes.c_int
-    _entry(lib, "emu_pam_backward_legacy" if legacy else "emu_pam_backward", q.dtype)(
-        _ptr(dout), _ptr(q), _ptr(k), _ptr(v), _ptr(gamma), _ptr(o), _ptr(lse), _ptr(dq), _ptr(dk),
-        _ptr(dv), _ptr(rowdot), _ptr(delta), _ptr(dgamma), i(b), i(cqk), i(cv), i(n), ctypes.c_float(scale))
+    args = (_ptr(dout), _ptr(q), _ptr(k), _ptr(v), _ptr(gamma), _ptr(o), _ptr(lse), _ptr(dq), _ptr(dk),
+            _ptr(dv), _ptr(rowdot), _ptr(delta), _ptr(dgamma), i(b), i(cqk), i(cv), i(n),
+            ctypes.c_float(scale))
+    if legacy:
+        _entry(lib, "emu_pam_backward_legacy", q.dtype)(*args)
+    else:
+        _entry(lib, "emu_pam_backward", q.dtype)(*args, i(int(tf32)))
     return dq, dk, dv, dgamma
 
 

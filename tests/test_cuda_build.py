@@ -13,7 +13,7 @@ from pathlib import Path
 import cuda_emulation
 import pytest
 import torch
-from helpers import rel_err
+from helpers import rel_err, tolerance
 
 import danet_ops.cuda as cuda_backend
 from danet_ops import chunked
@@ -134,12 +134,14 @@ def test_sources_are_found():
 # --- the kernels themselves, on the CPU ----------------------------------------------------
 # csrc/emulation/ compiles the real kernel code as C++ with a thin CUDA shim (a thread per
 # CUDA thread, barriers for __syncthreads and shuffles), so the fp32 kernels' indexing,
-# ragged-edge masking and synchronisation are exercised here without a GPU. fp16/bf16 PAM
-# forward and backward run the mma.sync kernels (mma.sync, ldmatrix, cp.async emulated as
-# warp collectives with the PTX ISA's fragment layouts, which tests/test_cuda_mma.py pins
-# down); the other fp16/bf16 kernels, and PAM with legacy=True (what half types take on
-# GPUs before sm_80), run the WMMA tile product, emulated by the shim. Operands are rounded
-# to fp16/bf16 as on the GPU, accumulation is fp32.
+# ragged-edge masking and synchronisation are exercised here without a GPU. PAM forward
+# and backward run the mma.sync kernels for every dtype (mma.sync m16n8k16 and m16n8k8
+# .tf32, ldmatrix, cp.async emulated as warp collectives with the PTX ISA's fragment
+# layouts, which tests/test_cuda_mma.py pins down; TF32 operands truncated as the tensor
+# cores read them, so fp32 meets 1e-5 only through 3xTF32); PAM with legacy=True (what
+# every dtype takes on GPUs before sm_80) runs the tile kernels: fp32 SIMT, the half types
+# the WMMA product, emulated by the shim. Operands are rounded to fp16/bf16 as on the GPU,
+# accumulation is fp32.
 # Speed and real-GPU memcheck need tests/test_cuda_gpu.py. The library is built once per
 # session (conftest's emulated_kernels; calls in tests/cuda_emulation.py).
 
@@ -161,29 +163,30 @@ def _d(t):
 # tolerances cover fp16/bf16 operand rounding of P, dS, attention.
 EMU_TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 HALF = [torch.float16, torch.bfloat16]
+ALL = [torch.float32, *HALF]
 
 
 @pytest.mark.parametrize("dtype,shape,scale,with_gamma,with_residual,legacy", [
-    # ragged N, Cv over one tile, Cqk not a multiple of 16
+    # mma.sync, every dtype (fp32 as 3xTF32 on m16n8k8): ragged N (padded rows), Cqk not a
+    # multiple of 8, Cv under one 128-channel block; Cqk over 64 and not a multiple of 8;
+    # batch 2 with N a multiple of 8 over two key tiles and Cv over one block (two channel
+    # blocks, the second nearly empty).
+    *[(dt, (1, 5, 70, 131), 1.0, True, True, False) for dt in ALL],
     (torch.float32, (2, 5, 70, 131), 1.0, True, True, False),
-    (torch.float32, (1, 16, 64, 64), 0.7, False, False, False),  # exact tiles, no epilogue, scaled
-    (torch.float32, (1, 70, 20, 67), 1.0, True, False, False),   # Cqk over one tile
-    # mma.sync forward: ragged N (padded rows), Cqk not a multiple of 16, Cv under one
-    # 128-channel block; Cqk over 64; batch 2 with N a multiple of 8 over two key tiles and
-    # Cv over one block (two channel blocks, the second nearly empty).
-    *[(dt, (1, 5, 70, 131), 1.0, True, True, False) for dt in HALF],
-    *[(dt, (1, 70, 20, 67), 0.7, False, False, False) for dt in HALF],
-    *[(dt, (2, 16, 130, 136), 1.0, True, True, False) for dt in HALF],
+    *[(dt, (1, 70, 20, 67), 0.7, False, False, False) for dt in ALL],
+    *[(dt, (2, 16, 130, 136), 1.0, True, True, False) for dt in ALL],
     # The mma.sync backward's edges besides those: N = 64 exactly with the rows used in
     # place (no padding) and no gamma; N under one 16-row fragment with Cv over three
     # 64-channel dP chunks (the last 8 channels) and over one 128-channel dV block; Cqk
     # over two 64-channel dK/dQ blocks with the third's second 16-channel pair past Cqk.
-    *[(dt, (1, 16, 64, 64), 0.7, False, False, False) for dt in HALF],
-    *[(dt, (1, 8, 200, 9), 1.0, True, False, False) for dt in HALF],
-    *[(dt, (1, 130, 8, 40), 1.0, True, False, False) for dt in HALF],
-    # legacy: the WMMA tile forward and backward (half types before sm_80, too large a Cqk)
-    *[(dt, (1, 5, 70, 131), 1.0, True, True, True) for dt in HALF],
-])
+    *[(dt, (1, 16, 64, 64), 0.7, False, False, False) for dt in ALL],
+    *[(dt, (1, 8, 200, 9), 1.0, True, False, False) for dt in ALL],
+    *[(dt, (1, 130, 8, 40), 1.0, True, False, False) for dt in ALL],
+    # legacy: the 64x64 tile kernels (every dtype before sm_80 or with too large a Cqk;
+    # fp32 on SIMT FMAs, the half types on WMMA); fp32 also with Cqk over one tile.
+    *[(dt, (1, 5, 70, 131), 1.0, True, True, True) for dt in ALL],
+    (torch.float32, (1, 70, 20, 67), 1.0, True, False, True),
+], ids=lambda x: str(x).replace("torch.", "") if isinstance(x, torch.dtype) else None)
 def test_emulated_pam_kernels_match_chunked(emulated_kernels, dtype, shape, scale, with_gamma,
                                             with_residual, legacy):
     b, cqk, cv, n = shape
@@ -206,6 +209,28 @@ def test_emulated_pam_kernels_match_chunked(emulated_kernels, dtype, shape, scal
         assert rel_err(got, ref) <= tol, name
     if gamma is not None:
         assert rel_err(dgamma, refs[3]) <= tol
+
+
+@pytest.mark.parametrize("shape", [(1, 5, 70, 131), (1, 130, 8, 40)])
+def test_emulated_pam_fp32_tf32_mode_is_plain_tf32(emulated_kernels, shape):
+    """fp32 with tf32 (torch's matmul precision "high"/"medium"): the products other than
+    the energies as one TF32 MMA. Within the "pam-tf32" bounds, and visibly not fp32-accurate,
+    so the flag reaches the kernels (and 3xTF32, the default, is what meets 1e-5 above)."""
+    b, cqk, cv, n = shape
+    out_tol, grad_tol = tolerance(torch.float32, "pam-tf32")
+    q, k, v, res, dout = (torch.randn(b, c, n) for c in (cqk, cqk, cv, cv, cv))
+    gamma = torch.tensor(0.75)
+    out, o, lse = cuda_emulation.pam_forward(emulated_kernels, q, k, v, gamma, res, 1.0, tf32=True)
+    ref_out, ref_lse, ref_o = chunked.pam_forward(_d(q), _d(k), _d(v), _d(gamma), _d(res), 1.0, True)
+    assert 1e-5 < rel_err(o, ref_o) <= out_tol
+    assert rel_err(out, ref_out) <= out_tol
+    assert rel_err(lse, ref_lse) <= 1e-5  # the energies stay 3xTF32
+    dq, dk, dv, _ = cuda_emulation.pam_backward(emulated_kernels, dout, q, k, v, gamma, o, lse, 1.0,
+                                                tf32=True)
+    refs = chunked.pam_backward(_d(dout), _d(q), _d(k), _d(v), _d(gamma), _d(o), ref_lse, 1.0)
+    for name, got, ref in zip(("dq", "dk", "dv"), (dq, dk, dv), refs):
+        assert rel_err(got, ref) <= grad_tol, name
+    assert rel_err(dv, refs[2]) > 1e-5
 
 
 @pytest.mark.parametrize(

@@ -16,8 +16,11 @@ from danet_ops.reference import channel_attention_reference
 pytestmark = pytest.mark.gpu
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# fp32 is true fp32 (no TF32) in these kernels; half types round their inputs/outputs.
-# Tolerances: helpers.TOLERANCES.
+# On sm_80+ PAM runs the mma.sync kernels for every dtype: fp32 as 3xTF32 under the
+# default matmul precision "highest" (held to fp32's 1e-5 against float64), half types
+# round their inputs/outputs. Before sm_80 (or with Cqk too large for the mma kernels'
+# shared memory) the tile kernels: fp32 true fp32 on SIMT FMAs. CAM: tile kernels, fp32
+# true fp32. Tolerances: helpers.TOLERANCES.
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -28,6 +31,16 @@ def _cuda_backend():
     from danet_ops.cuda import build
 
     build.load()
+
+
+@pytest.fixture(autouse=True)
+def _highest_fp32_matmul():
+    """Matmul precision "highest" (fp32 PAM as 3xTF32, true fp32 torch products in the
+    references) unless a test says otherwise."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    yield
+    torch.set_float32_matmul_precision(previous)
 
 
 def _pam(q, k, v, gamma, residual, backend, scale=1.0):
@@ -59,6 +72,12 @@ def test_pam_matches_triton(dtype):
     check_pam("cuda", 2, 64, 512, 97 * 97, dtype=dtype, device="cuda", magnitude=0.3, reference="triton")
 
 
+def test_pam_fp32_high_precision():
+    # Matmul precision "high": the products other than the energies as one TF32 MMA.
+    torch.set_float32_matmul_precision("high")  # the float64 reference is unaffected
+    check_pam("cuda", 2, 64, 512, 2048, device="cuda", magnitude=1.5, regime="pam-tf32")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_pam_large_n_matches_chunked(dtype):
     # chunked in fp32 on the same (rounded) inputs is the reference here: fp64 N x N is too big.
@@ -81,7 +100,7 @@ def test_pam_nan_propagates():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_pam_backward_is_deterministic(dtype):
-    # fp16/bf16 take the mma.sync dV and dK/dQ kernels on sm_80+, fp32 the tile kernels.
+    # Every dtype takes the mma.sync dV and dK/dQ kernels on sm_80+ (no atomics).
     inputs = dict(zip(PAM_INPUTS, pam_inputs(2, 64, 128, 1000, dtype=dtype, device="cuda")))
     dout = torch.randn_like(inputs["v"])
     _, first = run_pam("cuda", inputs, dout)

@@ -15,6 +15,15 @@ Documented layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16" with .f16/.bf16
   C, D 16x8: c0, c1 = C[g, 2t:2t+2], c2, c3 = C[g+8, 2t:2t+2]
   ldmatrix .x4: register m of a lane = M_m[g, 2t:2t+2], with .trans M_m[2t:2t+2, g]
 (the lower index of each pair in the low 16 bits of the register).
+
+For m16n8k8 with .tf32 inputs ("Matrix Fragments for mma.m16n8k8", .tf32), one element per
+32-bit register:
+  A 16x8:  a0 = A[g, t], a1 = A[g+8, t], a2 = A[g, t+4], a3 = A[g+8, t+4]
+  B 8x8:   b0 = B[t, g], b1 = B[t+4, g]
+  C, D 16x8: as for m16n8k16.
+The tensor cores read only the upper 19 bits of a .tf32 register (sign, exponent, 10
+mantissa bits); the emulation truncates the rest, so fp32 operands given as they are lose
+accuracy as on the GPU, and the kernels' 3xTF32 (split_tf32 + mma_tf32x3) is what restores it.
 """
 from __future__ import annotations
 
@@ -177,3 +186,111 @@ def test_cp_async_copies_or_zero_fills_at_the_wait(emulated_kernels, src_bytes):
     emulated_kernels.emu_cp_async16(_ptr(dst), _ptr(src), ctypes.c_int(src_bytes), _ptr(before))
     assert torch.equal(before, torch.full((8,), -1, dtype=torch.int16))
     assert torch.equal(dst, src if src_bytes else torch.zeros_like(src))
+
+
+# --- m16n8k8 with TF32 inputs (the fp32 kernels) ------------------------------------------------
+
+
+def _bits(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous().view(torch.int32)
+
+
+def encode_a_tf32(a: torch.Tensor) -> torch.Tensor:
+    """A 16x8 fp32 -> [32, 4] registers (the fp32 bit patterns)."""
+    g, t = _lanes()
+    return _bits(torch.stack([a[g, t], a[g + 8, t], a[g, t + 4], a[g + 8, t + 4]], 1))
+
+
+def encode_b_tf32(b: torch.Tensor) -> torch.Tensor:
+    """B 8x8 (K x N) fp32 -> [32, 2] registers."""
+    g, t = _lanes()
+    return _bits(torch.stack([b[t, g], b[t + 4, g]], 1))
+
+
+def truncate_tf32(x: torch.Tensor) -> torch.Tensor:
+    """What the tensor cores read of an fp32 register given as a .tf32 operand."""
+    return (x.contiguous().view(torch.int32) & -8192).view(torch.float32)  # -8192 = 0xffffe000
+
+
+def rna_tf32(x: torch.Tensor) -> torch.Tensor:
+    """cvt.rna.tf32.f32 in float64 arithmetic: nearest TF32 value, ties away from zero."""
+    xd = x.double()
+    exp = torch.floor(torch.log2(xd.abs()))
+    ulp = torch.pow(2.0, exp - 10)
+    r = torch.sign(xd) * torch.floor(xd.abs() / ulp + 0.5) * ulp
+    return torch.where(xd == 0, xd, r).float()
+
+
+def _mma_tf32(lib, a, b, c, passes):
+    regs_a, regs_b, regs_d = encode_a_tf32(a), encode_b_tf32(b), encode_c(c).contiguous()
+    lib.emu_mma_m16n8k8_tf32(_ptr(regs_a), _ptr(regs_b), _ptr(regs_d), ctypes.c_int(passes))
+    return decode_d(regs_d)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_mma_m16n8k8_tf32_is_a_matrix_product(emulated_kernels, seed):
+    """On values that are TF32 already, one MMA is the matrix product (fp32 sums)."""
+    gen = torch.Generator().manual_seed(seed)
+    a = truncate_tf32(torch.randn(16, 8, generator=gen))
+    b = truncate_tf32(torch.randn(8, 8, generator=gen))
+    c = torch.randn(16, 8, generator=gen)
+    got = _mma_tf32(emulated_kernels, a, b, c, passes=0)
+    torch.testing.assert_close(got.double(), a.double() @ b.double() + c.double(), rtol=1e-6, atol=1e-6)
+
+
+def test_mma_m16n8k8_tf32_sees_every_element_once(emulated_kernels):
+    b = torch.arange(64, dtype=torch.float32).reshape(8, 8)
+    c = torch.full((16, 8), 0.5)
+    for i in range(16):
+        for k in range(8):
+            a = torch.zeros(16, 8)
+            a[i, k] = 1
+            ref = c.clone()
+            ref[i] += b[k]
+            assert torch.equal(_mma_tf32(emulated_kernels, a, b, c, passes=0), ref), (i, k)
+
+
+def test_mma_m16n8k8_tf32_reads_only_the_upper_19_bits(emulated_kernels):
+    gen = torch.Generator().manual_seed(2)
+    a, b = torch.randn(16, 8, generator=gen), torch.randn(8, 8, generator=gen)
+    c = torch.zeros(16, 8)
+    got = _mma_tf32(emulated_kernels, a, b, c, passes=0)
+    ref = truncate_tf32(a).double() @ truncate_tf32(b).double()
+    torch.testing.assert_close(got.double(), ref, rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(got.double(), a.double() @ b.double(), rtol=1e-5, atol=0)
+
+
+def test_split_tf32_rounds_to_nearest_away_and_sums_back(emulated_kernels):
+    gen = torch.Generator().manual_seed(4)
+    x = torch.cat([
+        torch.randn(4000, generator=gen) * torch.logspace(-20, 20, 4000),
+        # ties: 1 + 2^-11 lies halfway between 1 and 1 + 2^-10 (and likewise negative)
+        torch.tensor([1 + 2.0**-11, -(1 + 2.0**-11), 3 * 2.0**-12, 0.0, -0.0, 1.0]),
+    ]).contiguous()
+    hi = torch.zeros(x.numel(), dtype=torch.int32)
+    lo = torch.zeros_like(hi)
+    emulated_kernels.emu_split_tf32(_ptr(x), _ptr(hi), _ptr(lo), ctypes.c_int(x.numel()))
+    assert ((hi & 8191) == 0).all() and ((lo & 8191) == 0).all()  # TF32 bit patterns
+    hi_f, lo_f = hi.view(torch.float32), lo.view(torch.float32)
+    assert torch.equal(hi_f, rna_tf32(x))
+    assert hi_f[-6].item() == 1 + 2.0**-10 and hi_f[-5].item() == -(1 + 2.0**-10)
+    assert torch.equal(lo_f, rna_tf32(x - hi_f))
+    # hi + lo carries 22 significant bits: |x - hi - lo| <= 2^-22 |x|
+    err = (x.double() - hi_f.double() - lo_f.double()).abs()
+    assert (err <= 2.0**-22 * x.double().abs()).all()
+
+
+def test_3xtf32_is_fp32_accurate_and_one_tf32_is_not(emulated_kernels):
+    """The project's fp32 rule (1e-5 against float64) holds for 3xTF32 and fails for a plain
+    TF32 product on the same fp32 operands, which is why the fp32 kernels split P too."""
+    gen = torch.Generator().manual_seed(6)
+    errs = {1: [], 3: []}
+    for _ in range(4):
+        a, b = torch.randn(16, 8, generator=gen), torch.randn(8, 8, generator=gen)
+        c = torch.zeros(16, 8)
+        ref = a.double() @ b.double()
+        for passes in (1, 3):
+            got = _mma_tf32(emulated_kernels, a, b, c, passes)
+            errs[passes].append(((got.double() - ref).norm() / ref.norm()).item())
+    assert max(errs[3]) <= 1e-6, errs
+    assert min(errs[1]) > 1e-5, errs

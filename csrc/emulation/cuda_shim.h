@@ -6,8 +6,8 @@
 // its indexing, masking and synchronisation, where no GPU exists (CI).
 // The half types and nvcuda::wmma are emulated too (below), so the tensor-core path of the
 // fp16/bf16 kernels runs here as well, and so are the warp-level instructions of ../mma.cuh
-// (mma.sync m16n8k16, ldmatrix, cp.async, the copies deferred to the wait that retires
-// them) with the fragment layouts the PTX ISA documents,
+// (mma.sync m16n8k16 and m16n8k8 .tf32, cvt.rna.tf32.f32, ldmatrix, cp.async, the copies
+// deferred to the wait that retires them) with the fragment layouts the PTX ISA documents,
 // and the block's dynamic shared memory (sized per launch, exactly, so AddressSanitizer
 // sees overruns).
 #pragma once
@@ -38,7 +38,7 @@ inline thread_local EmuIndex threadIdx, blockIdx;
 #define __global__
 #define __device__
 #define __forceinline__ inline
-#define __launch_bounds__(n)
+#define __launch_bounds__(...)
 #define __shared__ static
 #define __align__(n) __attribute__((aligned(n)))
 
@@ -296,6 +296,61 @@ inline void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uin
   }
   warp_sync_all();
   for (int e = 0; e < 4; ++e) d[e] = out[e];
+}
+
+// The value the tensor cores see of a .tf32 operand: the upper 19 bits of the register
+// (sign, exponent, 10 mantissa bits); the low 13 are ignored, i.e. truncated.
+inline float tf32_operand(uint32_t r) {
+  const uint32_t u = r & 0xffffe000u;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// cvt.rna.tf32.f32: round to 10 mantissa bits, to nearest, ties away from zero (adding half
+// an ulp to the magnitude bits carries into the exponent where needed, up to infinity);
+// the low 13 bits of the result are zero. Infinities stay, NaN stays NaN.
+inline uint32_t cvt_rna_tf32(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if ((u & 0x7f800000u) == 0x7f800000u) return (u & 0x007fffffu) ? (u | 0x00400000u) & 0xffffe000u : u;
+  return (u + 0x1000u) & 0xffffe000u;
+}
+
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 d, {a0..a3}, {b0, b1}, d: one TF32
+// element per register (layouts in ../mma.cuh), each truncated as the hardware reads it.
+// Products of two TF32 values are exact in fp32; the sum runs in fp32 in k order.
+inline void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  const unsigned lane = threadIdx.x % 32;
+  WarpSlots& w = warp_slots[threadIdx.x / 32];
+  for (int r = 0; r < 4; ++r) w.a[lane][r] = a[r];
+  w.b[lane][0] = b[0];
+  w.b[lane][1] = b[1];
+  warp_sync_all();
+  // A[row][k]: lane 4 (row % 8) + k % 4, register row / 8 + 2 (k / 4).
+  auto A = [&](int row, int k) { return tf32_operand(w.a[4 * (row % 8) + k % 4][row / 8 + 2 * (k / 4)]); };
+  // B[k][col]: lane 4 col + k % 4, register k / 4.
+  auto B = [&](int k, int col) { return tf32_operand(w.b[4 * col + k % 4][k / 4]); };
+  const int g = lane / 4, t = lane % 4;
+  float out[4];
+  for (int e = 0; e < 4; ++e) {
+    const int row = g + 8 * (e / 2), col = 2 * t + e % 2;
+    float s = d[e];
+    for (int k = 0; k < 8; ++k) s += A(row, k) * B(k, col);
+    out[e] = s;
+  }
+  warp_sync_all();
+  for (int e = 0; e < 4; ++e) d[e] = out[e];
+}
+
+// A 64-bit shared-memory load (ld.shared.v2.f32): the address must be 8-byte aligned.
+inline void ld_shared_f2(const float* p, float& x0, float& x1) {
+  if (reinterpret_cast<uintptr_t>(p) % 8 != 0) {
+    std::fprintf(stderr, "64-bit shared load: address %p is not 8-byte aligned\n", static_cast<const void*>(p));
+    std::abort();
+  }
+  x0 = p[0];
+  x1 = p[1];
 }
 
 // ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: lanes 8m..8m+7 address the 8 rows

@@ -31,13 +31,13 @@ static std::vector<T> padded_rows(const T* x, int rows, int n, int ld) {
   return y;
 }
 
-// legacy: the 64x64 tile kernel for every dtype (the half types take it only on GPUs before
-// sm_80 or when q and k do not fit in shared memory); otherwise fp16/bf16 run the mma.sync
-// kernel, as ../pam.cu dispatches on sm_80+.
+// legacy: the 64x64 tile kernel (what every dtype takes on GPUs before sm_80 or when q and
+// k do not fit in shared memory); otherwise the mma.sync kernel, as ../pam.cu dispatches on
+// sm_80+ (fp32 as 3xTF32, or with tf32 its P.V as one TF32 product).
 template <typename T>
 static void pam_forward(const T* q, const T* k, const T* v, const T* residual,
                         const float* gamma, T* out, T* o, float* lse, int batch, int cqk,
-                        int cv, int n, float scale, bool legacy = false) {
+                        int cv, int n, float scale, bool legacy = false, bool tf32 = false) {
   PamArgs<T> p{};
   p.q = q;
   p.k = k;
@@ -48,10 +48,11 @@ static void pam_forward(const T* q, const T* k, const T* v, const T* residual,
   p.cv = cv;
   p.n = n;
   p.scale = scale;
-  if (std::is_same<T, float>::value || legacy) {
+  p.tf32 = tf32;
+  if (legacy) {
     emu_launch(dim3(ceil_div(n, TILE), ceil_div(cv, TILE), batch), THREADS,
                [&] { pam_forward_kernel<T>(p, out, o, lse); });
-  } else if constexpr (!std::is_same<T, float>::value) {
+  } else {
     // As ../pam.cu: rows used in place when N is a multiple of 8 and the buffers are
     // 16-byte aligned, else copied with zero padding to ld = N rounded up to 8.
     const auto aligned = [](const void* x) { return reinterpret_cast<uintptr_t>(x) % 16 == 0; };
@@ -68,17 +69,17 @@ static void pam_forward(const T* q, const T* k, const T* v, const T* residual,
     }
     p.ld = ld;
     emu_launch(dim3(ceil_div(n, pam_mma::BM), ceil_div(cv, pam_mma::CVT), batch), pam_mma::BLOCK_THREADS,
-               [&] { pam_forward_mma_kernel<T>(p, out, o, lse); }, pam_mma::smem_bytes(cqk));
+               [&] { pam_forward_mma_kernel<T>(p, out, o, lse); }, pam_mma::smem_bytes<T>(cqk));
   }
 }
 
-// legacy: the 64x64 tile kernels for every dtype, as for the forward; otherwise fp16/bf16
-// run the mma.sync dV and dK/dQ kernels on rows padded as ../pam.cu pads them.
+// legacy: the 64x64 tile kernels, as for the forward; otherwise the mma.sync dV and dK/dQ
+// kernels on rows padded as ../pam.cu pads them (tf32 as for the forward).
 template <typename T>
 static void pam_backward(const T* dout, const T* q, const T* k, const T* v,
                          const float* gamma, const T* o, const float* lse, T* dq, T* dk,
                          T* dv, float* rowdot, float* delta, float* dgamma, int batch, int cqk,
-                         int cv, int n, float scale, bool legacy = false) {
+                         int cv, int n, float scale, bool legacy = false, bool tf32 = false) {
   PamArgs<T> p{};
   p.q = q;
   p.k = k;
@@ -91,10 +92,11 @@ static void pam_backward(const T* dout, const T* q, const T* k, const T* v,
   p.cv = cv;
   p.n = n;
   p.scale = scale;
+  p.tf32 = tf32;
   emu_launch(dim3(ceil_div(n, THREADS), batch), THREADS,
              [&] { pam_delta_kernel<T>(dout, o, gamma, cv, n, rowdot, delta); });
-  const bool use_mma = !std::is_same<T, float>::value && !legacy && cqk > 0 && cv > 0;
-  if constexpr (!std::is_same<T, float>::value) {
+  const bool use_mma = !legacy && cqk > 0 && cv > 0;
+  {
     if (use_mma) {
       const auto aligned = [](const void* x) { return reinterpret_cast<uintptr_t>(x) % 16 == 0; };
       const bool direct = n % 8 == 0 && aligned(q) && aligned(k) && aligned(v) && aligned(dout);
@@ -112,12 +114,12 @@ static void pam_backward(const T* dout, const T* q, const T* k, const T* v,
       }
       p.ld = ld;
       emu_launch(dim3(ceil_div(n, pam_mma::BM), ceil_div(cv, pam_mma::CVT), batch), pam_mma::BLOCK_THREADS,
-                 [&] { pam_dv_mma_kernel<T>(p, dv); }, pam_mma::smem_bytes(cqk));
+                 [&] { pam_dv_mma_kernel<T>(p, dv); }, pam_mma::smem_bytes<T>(cqk));
       const dim3 grid(ceil_div(n, pam_mma::BM), ceil_div(cqk, pam_mma::GC), batch);
       emu_launch(grid, pam_mma::BLOCK_THREADS, [&] { pam_dqk_mma_kernel<T, true>(p, dk); },
-                 pam_mma::dqk_smem_bytes(cqk));
+                 pam_mma::dqk_smem_bytes<T>(cqk));
       emu_launch(grid, pam_mma::BLOCK_THREADS, [&] { pam_dqk_mma_kernel<T, false>(p, dq); },
-                 pam_mma::dqk_smem_bytes(cqk));
+                 pam_mma::dqk_smem_bytes<T>(cqk));
     }
   }
   if (!use_mma) {
@@ -225,14 +227,15 @@ static void cam_backward(const T* dout, const T* x, const float* attn, const flo
 }
 
 // C entry points: emu_pam_forward (fp32), emu_pam_forward_f16, emu_pam_forward_bf16, ...
-// The T-typed tensors are void* so that the three share one signature.
+// The T-typed tensors are void* so that the three share one signature; tf32 (PAM, mma
+// path) is ignored for the half types.
 #define DANET_EMU_EXPORT(SUFFIX, T)                                                             \
   extern "C" void emu_pam_forward##SUFFIX(const void* q, const void* k, const void* v,          \
                                           const void* residual, const float* gamma, void* out,  \
                                           void* o, float* lse, int batch, int cqk, int cv,      \
-                                          int n, float scale) {                                 \
+                                          int n, float scale, int tf32) {                       \
     pam_forward<T>((const T*)q, (const T*)k, (const T*)v, (const T*)residual, gamma, (T*)out,   \
-                   (T*)o, lse, batch, cqk, cv, n, scale);                                       \
+                   (T*)o, lse, batch, cqk, cv, n, scale, false, tf32 != 0);                     \
   }                                                                                             \
   extern "C" void emu_pam_forward_legacy##SUFFIX(                                               \
       const void* q, const void* k, const void* v, const void* residual, const float* gamma,    \
@@ -243,10 +246,10 @@ static void cam_backward(const T* dout, const T* x, const float* attn, const flo
   extern "C" void emu_pam_backward##SUFFIX(                                                     \
       const void* dout, const void* q, const void* k, const void* v, const float* gamma,        \
       const void* o, const float* lse, void* dq, void* dk, void* dv, float* rowdot,             \
-      float* delta, float* dgamma, int batch, int cqk, int cv, int n, float scale) {            \
+      float* delta, float* dgamma, int batch, int cqk, int cv, int n, float scale, int tf32) {  \
     pam_backward<T>((const T*)dout, (const T*)q, (const T*)k, (const T*)v, gamma, (const T*)o,  \
                     lse, (T*)dq, (T*)dk, (T*)dv, rowdot, delta, dgamma, batch, cqk, cv, n,      \
-                    scale);                                                                     \
+                    scale, false, tf32 != 0);                                                   \
   }                                                                                             \
   extern "C" void emu_pam_backward_legacy##SUFFIX(                                              \
       const void* dout, const void* q, const void* k, const void* v, const float* gamma,        \
@@ -325,4 +328,38 @@ extern "C" void emu_cp_async16(void* dst, const void* src, int src_bytes, unsign
     std::memcpy(before, dst, 16);
     danet::mma::cp_async_wait<0>();
   });
+}
+
+// ---- m16n8k8 TF32 -------------------------------------------------------------------------
+// a [32][4], b [32][2], d [32][4]: each lane's registers in the PTX ISA's m16n8k8 .tf32
+// layout (one fp32 bit pattern per register), d C on entry, D on return. passes = 3: the
+// 3xTF32 product of fp32 operands (split_tf32 of each register's value, mma_tf32x3);
+// passes = 1: mma_tf32x3 with exact = false; passes = 0: one mma_1688_tf32 on the registers
+// as given (the hardware's truncation of their low 13 bits shows).
+extern "C" void emu_mma_m16n8k8_tf32(const uint32_t* a, const uint32_t* b, float* d, int passes) {
+  emu_launch(dim3(1), 32, [&] {
+    const int lane = threadIdx.x;
+    uint32_t ra[4], rb[2];
+    float rd[4];
+    for (int r = 0; r < 4; ++r) {
+      ra[r] = a[4 * lane + r];
+      rd[r] = d[4 * lane + r];
+    }
+    rb[0] = b[2 * lane];
+    rb[1] = b[2 * lane + 1];
+    if (passes == 0) {
+      danet::mma::mma_1688_tf32(rd, ra, rb);
+    } else {
+      uint32_t a_hi[4], a_lo[4], b_hi[2], b_lo[2];
+      for (int r = 0; r < 4; ++r) danet::mma::split_tf32(danet::mma::uint_as_float(ra[r]), a_hi[r], a_lo[r]);
+      for (int r = 0; r < 2; ++r) danet::mma::split_tf32(danet::mma::uint_as_float(rb[r]), b_hi[r], b_lo[r]);
+      danet::mma::mma_tf32x3(rd, a_hi, a_lo, b_hi, b_lo, passes == 3);
+    }
+    for (int r = 0; r < 4; ++r) d[4 * lane + r] = rd[r];
+  });
+}
+
+// split_tf32 of x[0..n): hi[i], lo[i] the two TF32 bit patterns.
+extern "C" void emu_split_tf32(const float* x, uint32_t* hi, uint32_t* lo, int n) {
+  for (int i = 0; i < n; ++i) danet::mma::split_tf32(x[i], hi[i], lo[i]);
 }

@@ -2,7 +2,10 @@
 
 The extension is built on first use (``danet_ops.cuda.build``; about a minute, then cached)
 unless the install carries a prebuilt ``danet_ops._C``. Kernels: fp32 accumulation and
-fp32 softmax statistics for float32/float16/bfloat16 inputs; no float64.
+fp32 softmax statistics for float32/float16/bfloat16 inputs; no float64. PAM in float32
+runs on TF32 tensor cores as 3xTF32 (fp32-accurate); under
+``torch.set_float32_matmul_precision("high")`` or ``"medium"`` its products other than the
+energies q·k run as one TF32 product (``_tf32``), as the Triton backend's do.
 """
 from __future__ import annotations
 
@@ -35,17 +38,24 @@ def _c(t: Optional[Tensor]) -> Optional[Tensor]:
     return None if t is None else t.contiguous()
 
 
+def _tf32() -> bool:
+    # Whether fp32 PAM may run its non-energy products as plain TF32 (the user allowed it
+    # the PyTorch way); the energies stay 3xTF32 whatever the setting.
+    return torch.get_float32_matmul_precision() != "highest"
+
+
 def pam_forward(q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor], residual: Optional[Tensor],
                 scale: float, save_o: bool) -> tuple[Tensor, Tensor, Tensor]:
     """q, k ``[B, Cqk, N]``, v/residual ``[B, Cv, N]`` -> (out, lse fp32 ``[B, N]``, raw o or empty)."""
-    return tuple(_ext().pam_forward(_c(q), _c(k), _c(v), _c(gamma), _c(residual), float(scale), bool(save_o)))
+    return tuple(_ext().pam_forward(_c(q), _c(k), _c(v), _c(gamma), _c(residual), float(scale), bool(save_o),
+                                    _tf32()))
 
 
 def pam_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor], o: Tensor,
                  lse: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """-> (dq, dk, dv, dgamma); o the raw attention output, lse from ``pam_forward``."""
     return tuple(_ext().pam_backward(_c(dout), _c(q), _c(k), _c(v), _c(gamma), _c(o),
-                                     _c(lse.float()), float(scale)))
+                                     _c(lse.float()), float(scale), _tf32()))
 
 
 def cam_forward(x: Tensor, gamma: Optional[Tensor]) -> tuple[Tensor, Tensor]:
