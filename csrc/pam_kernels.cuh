@@ -319,6 +319,60 @@ __device__ __forceinline__ void stage_async(T* dst, const T* src, int rows, int 
   }
 }
 
+// The epilogue of every mma kernel: the block's fp32 result, staged transposed in shared
+// memory (os[c * OPITCH + i] for ROWS channels and BM positions), written to the [B, C, N]
+// tensors at channels c0.. (< channels) and positions i0.. (< n):
+//   out = alpha * os (+ residual), and raw = os where raw is not null.
+// Consecutive threads store consecutive positions; with 128-bit loads and stores (V
+// positions a thread) where n is a multiple of V and every pointer is 16-byte aligned
+// (then every row starts on a 16-byte boundary, and i < n holds for all V once it holds
+// for the first), else one element at a time.
+template <typename T, int ROWS>
+__device__ __forceinline__ void store_staged(const float* os, T* out, T* raw, const T* residual,
+                                             float alpha, int b, int c0, int channels, int i0, int n) {
+  using namespace pam_mma;
+  constexpr int V = 16 / static_cast<int>(sizeof(T));  // elements per 128 bits
+  const auto aligned = [](const void* x) { return reinterpret_cast<uintptr_t>(x) % 16 == 0; };
+  if (n % V == 0 && aligned(out) && aligned(raw) && aligned(residual)) {
+    for (int e = threadIdx.x; e < ROWS * BM / V; e += BLOCK_THREADS) {
+      const int cc = e / (BM / V), ii = V * (e % (BM / V));
+      const int c = c0 + cc, i = i0 + ii;
+      if (c >= channels || i >= n) continue;
+      const int64_t idx = ((int64_t)b * channels + c) * n + i;
+      T res[V], ob[V], rb[V];
+      if (residual) {
+        const uint4 r = mma::ld_global_128(residual + idx);
+        memcpy(res, &r, 16);
+      }
+#pragma unroll
+      for (int u = 0; u < V; ++u) {
+        const float ov = os[cc * OPITCH + ii + u];
+        ob[u] = from_float<T>(ov);
+        rb[u] = from_float<T>(residual ? ov * alpha + to_float(res[u]) : ov * alpha);
+      }
+      uint4 w;
+      if (raw) {
+        memcpy(&w, ob, 16);
+        mma::st_global_128(raw + idx, w);
+      }
+      memcpy(&w, rb, 16);
+      mma::st_global_128(out + idx, w);
+    }
+  } else {
+    for (int e = threadIdx.x; e < ROWS * BM; e += BLOCK_THREADS) {
+      const int cc = e / BM, ii = e % BM;
+      const int c = c0 + cc, i = i0 + ii;
+      if (c >= channels || i >= n) continue;
+      const int64_t idx = ((int64_t)b * channels + c) * n + i;
+      const float ov = os[cc * OPITCH + ii];
+      if (raw) raw[idx] = from_float<T>(ov);
+      float r = ov * alpha;
+      if (residual) r += to_float(residual[idx]);
+      out[idx] = from_float<T>(r);
+    }
+  }
+}
+
 // The two warp-level products every mma kernel is made of. Operand handling follows the
 // element type: fp16/bf16 through ldmatrix into m16n8k16 MMAs; fp32 by plain 32/64-bit
 // shared loads in the m16n8k8 .tf32 layout (ldmatrix moves 16-bit elements), each element
@@ -560,51 +614,7 @@ pam_forward_mma_kernel(PamArgs<T> p, T* out, T* o_raw, float* lse_out) {
     for (int e = 0; e < 4; ++e)
       os[(8 * nc + 2 * t + e % 2) * OPITCH + 16 * warp + g + 8 * (e / 2)] = o[nc][e] * inv_l[e / 2];
   __syncthreads();
-  const float gm = scalar_or_one(p.gamma);
-  const auto aligned = [](const void* x) { return reinterpret_cast<uintptr_t>(x) % 16 == 0; };
-  constexpr int V = 16 / static_cast<int>(sizeof(T));  // elements per 128 bits
-  if (n % V == 0 && aligned(out) && aligned(o_raw) && aligned(p.residual)) {
-    // V positions per thread with 128-bit global loads and stores (every row starts on a
-    // 16-byte boundary, and i < n for all V once it holds for the first).
-    for (int e = threadIdx.x; e < CVT * BM / V; e += BLOCK_THREADS) {
-      const int cc = e / (BM / V), ii = V * (e % (BM / V));
-      const int c = c0 + cc, i = i0 + ii;
-      if (c < cv && i < n) {
-        const int64_t idx = ((int64_t)b * cv + c) * n + i;
-        T res[V], ob[V], rb[V];
-        if (p.residual) {
-          const uint4 r = mma::ld_global_128(p.residual + idx);
-          memcpy(res, &r, 16);
-        }
-#pragma unroll
-        for (int u = 0; u < V; ++u) {
-          const float ov = os[cc * OPITCH + ii + u];
-          ob[u] = from_float<T>(ov);
-          rb[u] = from_float<T>(p.residual ? ov * gm + to_float(res[u]) : ov * gm);
-        }
-        uint4 w;
-        if (o_raw) {
-          memcpy(&w, ob, 16);
-          mma::st_global_128(o_raw + idx, w);
-        }
-        memcpy(&w, rb, 16);
-        mma::st_global_128(out + idx, w);
-      }
-    }
-  } else {
-    for (int e = threadIdx.x; e < CVT * BM; e += BLOCK_THREADS) {
-      const int cc = e / BM, ii = e % BM;
-      const int c = c0 + cc, i = i0 + ii;
-      if (c < cv && i < n) {
-        const int64_t idx = ((int64_t)b * cv + c) * n + i;
-        const float ov = os[cc * OPITCH + ii];
-        if (o_raw) o_raw[idx] = from_float<T>(ov);
-        float r = ov * gm;
-        if (p.residual) r += to_float(p.residual[idx]);
-        out[idx] = from_float<T>(r);
-      }
-    }
-  }
+  store_staged<T, CVT>(os, out, o_raw, p.residual, scalar_or_one(p.gamma), b, c0, cv, i0, n);
 #else
   __trap();  // the host dispatch launches this kernel on sm_80 and newer only
 #endif
@@ -715,18 +725,13 @@ pam_dv_mma_kernel(PamArgs<T> p, T* dv) {
     __syncthreads();
   }
 
-  const float gm = scalar_or_one(p.gamma);
 #pragma unroll
   for (int nc = 0; nc < CVT / 8; ++nc)
 #pragma unroll
     for (int e = 0; e < 4; ++e)
-      os[(8 * nc + 2 * t + e % 2) * OPITCH + 16 * warp + g + 8 * (e / 2)] = acc[nc][e] * gm;
+      os[(8 * nc + 2 * t + e % 2) * OPITCH + 16 * warp + g + 8 * (e / 2)] = acc[nc][e];
   __syncthreads();
-  for (int e = threadIdx.x; e < CVT * BM; e += BLOCK_THREADS) {
-    const int cc = e / BM, jj = e % BM;
-    const int c = c0 + cc, j = j0 + jj;
-    if (c < cv && j < n) dv[((int64_t)b * cv + c) * n + j] = from_float<T>(os[cc * OPITCH + jj]);
-  }
+  store_staged<T, CVT>(os, dv, nullptr, nullptr, scalar_or_one(p.gamma), b, c0, cv, j0, n);
 #else
   __trap();  // the host dispatch launches this kernel on sm_80 and newer only
 #endif
@@ -871,11 +876,7 @@ pam_dqk_mma_kernel(PamArgs<T> p, T* grad) {
     for (int e = 0; e < 4; ++e)
       os[(8 * nc + 2 * t + e % 2) * OPITCH + 16 * warp + g + 8 * (e / 2)] = acc[nc][e];
   __syncthreads();
-  for (int e = threadIdx.x; e < GC * BM; e += BLOCK_THREADS) {
-    const int cc = e / BM, oo = e % BM;
-    const int c = c0 + cc, o = o0 + oo;
-    if (c < cqk && o < n) grad[((int64_t)b * cqk + c) * n + o] = from_float<T>(os[cc * OPITCH + oo]);
-  }
+  store_staged<T, GC>(os, grad, nullptr, nullptr, 1.0f, b, c0, cqk, o0, n);
 #else
   __trap();  // the host dispatch launches this kernel on sm_80 and newer only
 #endif

@@ -64,20 +64,19 @@ _FWD_HALF = [
     _C(8, 2, BLOCK_M=128, BLOCK_N=128, BLOCK_DV=128),
     # The whole v width in one program (no S recomputation: 1.0x the minimal FLOPs) and
     # wider v tiles over narrower key steps. Only BLOCK_M = 32 holds a [M, 512] fp32
-    # accumulator without spills on sm_90 (M64 DV512 over 16 warps spills 112-144 B at the
-    # 128-register cap; M128 DV256 over 8 or 16 warps spills 16-64 B).
+    # accumulator without spills on sm_90 (16 warps hit the 128-register cap: M64 DV512
+    # spills 112-144 B, M32 DV512 20 B on triton 3.8; M128 DV256 spills 16-64 B).
     _C(8, 2, BLOCK_M=32, BLOCK_N=64, BLOCK_DV=512),
-    _C(16, 2, BLOCK_M=32, BLOCK_N=64, BLOCK_DV=512),
     _C(8, 3, BLOCK_M=64, BLOCK_N=32, BLOCK_DV=256),
     _C(8, 2, BLOCK_M=128, BLOCK_N=32, BLOCK_DV=128),
 ]
 # 3xTF32 dots hold each operand twice (high and low TF32 parts): on sm_90 64-wide key
 # steps spill from DV128 on (M64 N64 DV128 w8: 540 B; M32 N64 DV128 w4: 372 B), 32-wide
-# ones do not (M64 N32 DV64 w4: 184 registers, M128 N32 DV64 w8: 155, M32 N32 DV128: 254).
+# ones at DV64 do not (M64 N32 DV64 w4: 184 registers, M128 N32 DV64 w8: 155; M32 N32
+# DV128 w4 is clean on triton 3.6 but spills 28-32 B on 3.8).
 _FWD_TF32X3 = [
     _C(4, 2, BLOCK_M=64, BLOCK_N=32, BLOCK_DV=64),
     _C(8, 2, BLOCK_M=128, BLOCK_N=32, BLOCK_DV=64),
-    _C(4, 2, BLOCK_M=32, BLOCK_N=32, BLOCK_DV=128),
     _SMALL,
 ]
 # The two-pass forward: pass 1 (lse from q·k) has no v tile; pass 2 the forward's tiles.
@@ -130,11 +129,16 @@ _BWD_DQ_HALF = [
     _C(8, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_DV=128),
 ]
 _PRE = [_C(4, 2, BLOCK_M=128, BLOCK_DV=64), _C(4, 2, BLOCK_M=64, BLOCK_DV=128)]
-# The fused backward holds a [BLOCK_N, Cv] fp32 dV accumulator (Cv <= 512): 128 registers
-# a thread at BLOCK_N = 64 over 8 warps. BLOCK_DV is unused there (the whole v width).
-# Compiled for sm_90 it spills in every tile (bf16: 40-84 B at M32 N64 w8, the least; fp32:
-# kilobytes), so it runs for fp16/bf16 only, opt-in, until a GPU run says whether it pays.
-_BWD_FUSED_HALF = [_C(8, 2, BLOCK_M=32, BLOCK_N=64, BLOCK_DV=64)]
+# The fused backward holds a [BLOCK_N, Cv] fp32 dV accumulator (Cv <= 512) beside the
+# resident [BLOCK_N, Cv] v tile. Compiled for sm_90 in fp16/bf16, 8 warps: spill-free at
+# BLOCK_N = 32 (M32: 230-234 registers) and at M16 N64 (255); M32 N64 spills 40-84 B and
+# 16 warps hit the 128-register cap. fp32 spills kilobytes: fp16/bf16 only, opt-in, until
+# a GPU run says whether it pays. BLOCK_DV is unused there (the whole v width).
+_BWD_FUSED_HALF = [
+    _C(8, 2, BLOCK_M=32, BLOCK_N=32, BLOCK_DV=64),
+    _C(8, 2, BLOCK_M=16, BLOCK_N=64, BLOCK_DV=64),
+    _C(8, 2, BLOCK_M=16, BLOCK_N=32, BLOCK_DV=64),
+]
 # The backward variants (DANET_OPS_TRITON_PAM_BWD, read at launch): "split" = dV kernel per
 # (key block, v block) + dK/dQ kernel (P recomputed per v block); "fused" = one kernel per
 # key block computing P and dS once for the whole v width (fp16/bf16, Cv <= FUSED_MAX_CV).
