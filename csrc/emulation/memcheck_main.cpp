@@ -18,10 +18,9 @@ static std::vector<T> rnd(size_t n, std::mt19937& g) {
   return v;
 }
 
-// One dtype: fp32 runs the SIMT path, the half types the (emulated) WMMA path with its own
-// shared-tile layout and, for PAM forward, the mma.sync kernel (its dynamic shared memory
-// allocated to the exact size) as well as the WMMA tile kernel, and likewise for PAM
-// backward the mma.sync dV and dK/dQ kernels and the WMMA ones, so each layout is
+// One dtype: fp32 runs the SIMT path, the half types both their mma.sync kernels (PAM
+// forward, dV and dK/dQ, CAM's products; dynamic shared memory allocated to the exact size)
+// and the (emulated) WMMA tile kernels of GPUs before sm_80, so each layout is
 // bounds-checked.
 template <typename T>
 static void run_all(std::mt19937& g) {
@@ -62,6 +61,11 @@ static void run_all(std::mt19937& g) {
     cam_forward<T>(x.data(), gamma.data(), out.data(), attn.data(), ws.data(), b, c, n, splits);
     cam_backward<T>(dout.data(), x.data(), attn.data(), gamma.data(), dx.data(), de.data(), rowpart.data(), dg.data(),
                     ws.data(), b, c, n, splits);
+    if (!std::is_same<T, float>::value) {
+      cam_forward<T>(x.data(), gamma.data(), out.data(), attn.data(), ws.data(), b, c, n, splits, /*legacy=*/true);
+      cam_backward<T>(dout.data(), x.data(), attn.data(), gamma.data(), dx.data(), de.data(), rowpart.data(),
+                      dg.data(), ws.data(), b, c, n, splits, /*legacy=*/true);
+    }
   }
 }
 
