@@ -13,8 +13,10 @@
 // 64x64 tile product on tensor cores through WMMA (16x16x16 fragments, fp32
 // accumulator); the product goes through a shared fp32 tile into the same per-thread
 // 4x4 layout, so the epilogues and the online softmax are one code for every dtype.
-// (The fp16/bf16 PAM forward does not use these tiles: it runs on the register-resident
-// mma.sync fragments of mma.cuh, see pam_kernels.cuh.)
+// (On sm_80 and newer the fp16/bf16 PAM kernels, where their shared memory fits, and CAM's
+// products do not use these tiles: they run on the register-resident mma.sync fragments
+// of mma.cuh, see pam_kernels.cuh and cam_kernels.cuh. The half-type tile paths here serve
+// older GPUs and PAM's too-large Cqk.)
 #pragma once
 
 #include <cstdint>
