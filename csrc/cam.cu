@@ -1,9 +1,15 @@
 // CAM host wrappers: input checks, the split-K choice for the Gram products, launches.
-// The kernels and the math are in cam_kernels.cuh.
+// fp16/bf16 run on the mma.sync kernels where the GPU allows (sm_80+, and their shared
+// memory; X and dout padded to rows of a multiple of 8 positions where needed, the fp32
+// attention and dE rounded to the input dtype as [C, ceil8(C)] operands); fp32, and the half
+// types on older GPUs, on the 64x64 tile GEMM. The kernels and the math are in
+// cam_kernels.cuh.
 #include "common.cuh"
 #include "cam_kernels.cuh"
 
 #include <tuple>
+#include <type_traits>
+#include <utility>
 
 namespace danet {
 namespace {
@@ -21,9 +27,31 @@ void launch_gemm(GemmArgs<TA, TB, TC, TR> p, cudaStream_t stream) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// How a Gram-type product (reduction over n positions, tiles output tiles over the whole
+// batch) splits its reduction: about two blocks per SM, at least 512 positions per split,
+// each split a whole number of `chunk` positions, batch * splits within the grid's z limit.
+// Returns {splits, positions per split}; splits == 1 means no split.
+std::pair<int, int> gram_splits(const at::Tensor& t, int64_t tiles, int64_t batch, int64_t n, int chunk) {
+  const int64_t want = (2 * sm_count(t) + tiles - 1) / tiles;
+  const int64_t most = (n + 511) / 512;  // keep at least 512 positions per split
+  int64_t splits = std::max<int64_t>(1, std::min(want, most));
+  splits = std::min<int64_t>(splits, 65535 / std::max<int64_t>(1, batch));
+  if (splits <= 1) return {1, 0};
+  int64_t per = (n + splits - 1) / splits;
+  per = (per + chunk - 1) / chunk * chunk;
+  splits = (n + per - 1) / per;
+  return {static_cast<int>(splits), static_cast<int>(per)};
+}
+
+// c[e] = sum_s ws[s, e] over total elements, in split order.
+void splitk_reduce(const at::Tensor& ws, int splits, int64_t total, float* c, cudaStream_t stream) {
+  splitk_reduce_kernel<<<ceil_div(total, THREADS), THREADS, 0, stream>>>(ws.data_ptr<float>(), splits, total, c);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 // out[b] = X_a[b] X_b[b]^T, both [C, N] row-major, into a contiguous fp32 [B, C, C]: the
-// Gram E = X X^T (forward) and G = dout X^T (backward). The reduction over N is split
-// across blocks so that there are about two blocks per SM.
+// Gram E = X X^T (forward) and G = dout X^T (backward), on the 64x64 tile kernel. The
+// reduction over N is split across blocks so that there are about two blocks per SM.
 template <typename T>
 void gram(const at::Tensor& xa, const at::Tensor& xb, at::Tensor& out, cudaStream_t stream) {
   const int64_t batch = xa.size(0), c = xa.size(1), n = xa.size(2);
@@ -39,29 +67,137 @@ void gram(const at::Tensor& xa, const at::Tensor& xb, at::Tensor& out, cudaStrea
   p.c_m = c;
   p.c_n = 1;
   const int64_t tiles = (int64_t)ceil_div(c, TILE) * ceil_div(c, TILE) * batch;
-  const int64_t want = (2 * sm_count(xa) + tiles - 1) / tiles;
-  const int64_t most = (n + 511) / 512;  // keep at least 512 positions per split
-  int64_t splits = std::max<int64_t>(1, std::min(want, most));
-  splits = std::min<int64_t>(splits, 65535 / std::max<int64_t>(1, batch));
+  const auto [splits, per] = gram_splits(xa, tiles, batch, n, KC);
+  p.splits = splits;
+  p.k_per_split = per;
   at::Tensor ws;
   if (splits > 1) {
-    int64_t per = (n + splits - 1) / splits;
-    per = (per + KC - 1) / KC * KC;
-    splits = (n + per - 1) / per;
-    p.k_per_split = static_cast<int>(per);
-  }
-  p.splits = static_cast<int>(std::max<int64_t>(1, splits));
-  if (p.splits > 1) {
-    ws = at::empty({p.splits, batch, c, c}, out.options());
+    ws = at::empty({splits, batch, c, c}, out.options());
     p.ws = ws.data_ptr<float>();
   }
   launch_gemm(p, stream);
-  if (p.splits > 1) {
-    const int64_t total = batch * c * c;
-    splitk_reduce_kernel<<<ceil_div(total, THREADS), THREADS, 0, stream>>>(p.ws, p.splits, total,
-                                                                           p.c);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (splits > 1) splitk_reduce(ws, splits, batch * c * c, p.c, stream);
+}
+
+// ---- fp16/bf16 on mma.sync (sm_80+) ---------------------------------------------------------
+
+template <typename T, typename TC, bool B_N_MAJOR>
+void launch_gemm_mma(const MmaGemmArgs<T, TC>& p, cudaStream_t stream) {
+  const size_t smem = cam_mma::smem_bytes(B_N_MAJOR);
+  const auto kernel = cam_gemm_mma_kernel<T, TC, B_N_MAJOR>;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  const dim3 grid(ceil_div(p.n, cam_mma::BN), ceil_div(p.m, cam_mma::BM), p.batch * p.splits);
+  kernel<<<grid, cam_mma::BLOCK_THREADS, smem, stream>>>(p);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Whether the mma.sync kernels can run here (sm_80+, their shared memory).
+bool cam_mma_fits() { return mma_fits(std::max(cam_mma::smem_bytes(false), cam_mma::smem_bytes(true))); }
+
+// The Gram product of gram() on cam_gemm_mma_kernel: xa, xb [B, C, ld] as padded_rows gives
+// them (ld a multiple of 8, zeros past N), n = N.
+template <typename T>
+void gram_mma(const at::Tensor& xa, const at::Tensor& xb, int64_t n, at::Tensor& out, cudaStream_t stream) {
+  const int64_t batch = xa.size(0), c = xa.size(1), ld = xa.size(2);
+  MmaGemmArgs<T, float> p{};
+  p.term[0] = MmaTerm<T>{xa.data_ptr<T>(), c * ld, static_cast<int>(ld), xb.data_ptr<T>(), c * ld,
+                         static_cast<int>(ld), static_cast<int>(n)};
+  p.nterms = 1;
+  p.batch = batch;
+  p.m = c;
+  p.n = c;
+  p.c = out.data_ptr<float>();
+  const int64_t tiles = (int64_t)ceil_div(c, cam_mma::BM) * ceil_div(c, cam_mma::BN) * batch;
+  const auto [splits, per] = gram_splits(xa, tiles, batch, n, cam_mma::BK);
+  p.splits = splits;
+  p.k_per_split = per;
+  at::Tensor ws;
+  if (splits > 1) {
+    ws = at::empty({splits, batch, c, c}, out.options());
+    p.ws = ws.data_ptr<float>();
   }
+  launch_gemm_mma<T, float, false>(p, stream);
+  if (splits > 1) splitk_reduce(ws, splits, batch * c * c, p.c, stream);
+}
+
+// An fp32 [B, C, C] matrix as an A operand of cam_gemm_mma_kernel (cam_operand_kernel):
+// [B, C, ceil8(C)] in T.
+template <typename T, CamOperand OP>
+at::Tensor operand(const at::Tensor& src, const float* scale, const at::Tensor& like, cudaStream_t stream) {
+  const int64_t batch = src.size(0), c = src.size(1), ld = (c + 7) / 8 * 8;
+  auto dst = at::empty({batch, c, ld}, like.options());
+  const dim3 grid(ceil_div(ld, 32), ceil_div(c, 32), batch);
+  cam_operand_kernel<T, OP><<<grid, THREADS, 0, stream>>>(src.data_ptr<float>(), scale, static_cast<int>(c),
+                                                          static_cast<int>(ld), dst.data_ptr<T>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return dst;
+}
+
+// A term of the C x N products: A = a [B, C, ceil8(C)] (operand()), B = X-like [B, C, ld]
+// (padded_rows), reduction over the C channels.
+template <typename T>
+MmaTerm<T> channel_term(const at::Tensor& a, const at::Tensor& x) {
+  const int64_t c = x.size(1), ld = x.size(2), lda = a.size(2);
+  return MmaTerm<T>{a.data_ptr<T>(), c * lda, static_cast<int>(lda), x.data_ptr<T>(), c * ld,
+                    static_cast<int>(ld), static_cast<int>(c)};
+}
+
+// Forward on mma.sync: attn = softmax(-X X^T), out = gamma * (A X) + x. False (nothing
+// launched) where the kernels cannot run.
+template <typename T>
+bool cam_forward_mma(const at::Tensor& x, const c10::optional<at::Tensor>& g, at::Tensor& attn, at::Tensor& out,
+                     cudaStream_t stream) {
+  if (!cam_mma_fits()) return false;
+  const int64_t batch = x.size(0), c = x.size(1), n = x.size(2);
+  const auto xp = padded_rows(x, mma_row_stride({&x}));
+  gram_mma<T>(xp, xp, n, attn, stream);
+  const int64_t rows = batch * c;
+  cam_softmax_kernel<<<ceil_div(rows, THREADS / 32), THREADS, 0, stream>>>(attn.data_ptr<float>(), rows, c);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const auto a = operand<T, CamOperand::copy>(attn, nullptr, x, stream);
+  MmaGemmArgs<T, T> p{};
+  p.term[0] = channel_term<T>(a, xp);
+  p.nterms = 1;
+  p.batch = batch;
+  p.m = c;
+  p.n = n;
+  p.c = out.data_ptr<T>();
+  p.alpha = ptr_or_null(g);
+  p.r = g.has_value() ? x.data_ptr<T>() : nullptr;
+  p.splits = 1;
+  launch_gemm_mma<T, T, true>(p, stream);
+  return true;
+}
+
+// Backward on mma.sync: G = dout X^T, dE in place (cam_softmax_backward_kernel), then
+// dx = (gamma A^T) dout + (dE + dE^T) X + dout as two terms of one product.
+template <typename T>
+bool cam_backward_mma(const at::Tensor& dout, const at::Tensor& x, const at::Tensor& attn,
+                      const c10::optional<at::Tensor>& g, at::Tensor& de, at::Tensor& rowpart, at::Tensor& dx,
+                      cudaStream_t stream) {
+  if (!cam_mma_fits()) return false;
+  const int64_t batch = x.size(0), c = x.size(1), n = x.size(2);
+  const int64_t ld = mma_row_stride({&x, &dout});
+  const auto xp = padded_rows(x, ld), dp = padded_rows(dout, ld);
+  gram_mma<T>(dp, xp, n, de, stream);
+  const int64_t rows = batch * c;
+  cam_softmax_backward_kernel<<<ceil_div(rows, THREADS / 32), THREADS, 0, stream>>>(
+      attn.data_ptr<float>(), de.data_ptr<float>(), rowpart.data_ptr<float>(), ptr_or_null(g), rows, c);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const auto a_t = operand<T, CamOperand::transpose>(attn, ptr_or_null(g), x, stream);
+  const auto sym = operand<T, CamOperand::symmetric>(de, nullptr, x, stream);
+  MmaGemmArgs<T, T> p{};
+  p.term[0] = channel_term<T>(a_t, dp);
+  p.term[1] = channel_term<T>(sym, xp);
+  p.nterms = 2;
+  p.batch = batch;
+  p.m = c;
+  p.n = n;
+  p.c = dx.data_ptr<T>();
+  p.r = g.has_value() ? dout.data_ptr<T>() : nullptr;
+  p.splits = 1;
+  launch_gemm_mma<T, T, true>(p, stream);
+  return true;
 }
 
 void check_cam_x(const at::Tensor& x) {
@@ -87,6 +223,11 @@ std::tuple<at::Tensor, at::Tensor> cam_forward(const at::Tensor& x,
   }
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   DANET_DISPATCH(x.scalar_type(), "danet_ops.cam_forward", [&] {
+    // fp16/bf16 on mma.sync where the GPU allows; fp32, and half types before sm_80, on the
+    // 64x64 tile kernel (the seam where an fp32 tensor-core path would join).
+    if constexpr (!std::is_same<scalar_t, float>::value) {
+      if (cam_forward_mma<scalar_t>(x, g, attn, out, stream)) return;
+    }
     gram<scalar_t>(x, x, attn, stream);
     const int64_t rows = batch * c;
     cam_softmax_kernel<<<ceil_div(rows, THREADS / 32), THREADS, 0, stream>>>(
@@ -143,6 +284,9 @@ std::tuple<at::Tensor, at::Tensor> cam_backward(const at::Tensor& dout, const at
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (x.numel() > 0) {
     DANET_DISPATCH(x.scalar_type(), "danet_ops.cam_backward", [&] {
+      if constexpr (!std::is_same<scalar_t, float>::value) {
+        if (cam_backward_mma<scalar_t>(dout, x, attn, g, de, rowpart, dx, stream)) return;
+      }
       gram<scalar_t>(dout, x, de, stream);
       const int64_t rows = batch * c;
       cam_softmax_backward_kernel<<<ceil_div(rows, THREADS / 32), THREADS, 0, stream>>>(

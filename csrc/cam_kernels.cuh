@@ -3,14 +3,29 @@
 //             out = gamma * (A X) + x      (A X alone when gamma is None)
 //   backward  G = dout X^T, dgamma = sum(A o G), dE = -gamma * A o (G - rowsum(A o G)),
 //             dX = A^T (gamma * dout) + dE X + dE^T X + dout   (no "+ dout" without gamma)
-// The C x C part is small; the work is in four products over N, all run by one batched
-// tiled GEMM kernel (generic strides, so transposes are read in place, up to three
-// products summed into one output, an optional alpha * acc + residual epilogue). The
-// Gram-type products (reduction over N, a C x C output) split the reduction across
-// blocks when the output alone would leave the GPU idle; the partial sums are added in a
-// fixed order by a second kernel, so results are deterministic.
+// The C x C part is small (cam_softmax_kernel, cam_softmax_backward_kernel, one warp per
+// row); the work is in the products over N. The Gram-type products (E, G: reduction over
+// N, a C x C fp32 output) split the reduction across blocks when the output alone would
+// leave the GPU idle; the partial sums are added in a fixed order by splitk_reduce_kernel,
+// so results are deterministic.
+//
+// fp16/bf16 on sm_80+: cam_gemm_mma_kernel, a block GEMM on the warp-level tensor-core
+// instructions of mma.cuh (mma.sync m16n8k16, fp32 accumulation; ldmatrix; cp.async
+// double-buffered 16-byte staging), in two layouts: the Gram products with both operands
+// k-contiguous rows of X and dout, and the C x N products A X and dX with B = X or dout
+// n-contiguous (ldmatrix .trans). Its A operands there are the fp32 C x C matrices rounded to
+// the input dtype by cam_operand_kernel: A for the forward, and for dX the two terms
+// (gamma A^T) dout + (dE + dE^T) X (one product of two terms, dE X + dE^T X folded). cam.cu
+// hands X and dout over as rows padded to a multiple of 8 positions (zeros) where N is not
+// one. fp32, and the half types on older GPUs, run gemm_kernel: a batched tiled GEMM with
+// generic strides (transposes read in place, up to three products summed into one output),
+// 64x64 tiles of tile.cuh, SIMT FMAs for fp32, WMMA for the half types. An fp32 tensor-core
+// path would be a third instantiation of the mma kernel's inner product (cam.cu's dispatch
+// keeps the seam: fp32 takes the tile kernel by an `if constexpr`). Both GEMMs end in the
+// same epilogue, C = alpha * acc + residual, or partial sums to the split-K workspace.
 #pragma once
 
+#include "mma.cuh"
 #include "tile.cuh"
 
 namespace danet {
@@ -95,6 +110,239 @@ __global__ void __launch_bounds__(THREADS) gemm_kernel(GemmArgs<TA, TB, TC, TR> 
         p.c[b * p.c_b + m * p.c_m + n * p.c_n] = from_float<TC>(val);
       }
     }
+  }
+}
+
+// ---- fp16/bf16 products on mma.sync -------------------------------------------------------
+
+namespace cam_mma {
+constexpr int WARPS = 4;
+constexpr int BLOCK_THREADS = 32 * WARPS;
+constexpr int BM = 64;   // output rows per block; 2 x 2 warps, each 32 rows x 64 columns
+constexpr int BN = 128;  // output columns per block
+constexpr int BK = 64;   // reduction chunk of one pipeline stage
+// Shared rows padded by 8 elements (16 bytes), as in pam_kernels.cuh: the 8 row addresses
+// of an ldmatrix fall on distinct banks (144- and 272-byte pitches), every row starts on a
+// 16-byte boundary as ldmatrix and cp.async need.
+constexpr int KPITCH = BK + 8;  // rows along k: A [BM][KPITCH]; B [BN][KPITCH] when k-contiguous
+constexpr int NPITCH = BN + 8;  // rows along n: B [BK][NPITCH] when n-contiguous
+// Elements of one stage (A tile and B tile); two stages in dynamic shared memory.
+constexpr int stage_elems(bool b_n_major) {
+  return BM * KPITCH + (b_n_major ? BK * NPITCH : BN * KPITCH);
+}
+// Bytes (2-byte elements): 55296 for the Gram products, 53248 for A X and dx.
+inline size_t smem_bytes(bool b_n_major) { return static_cast<size_t>(2 * stage_elems(b_n_major)) * 2; }
+}  // namespace cam_mma
+
+// One product term of cam_gemm_mma_kernel: sum_k A(m, k) B(k, n) for batch item b with
+// A(m, k) = a[b * a_b + m * lda + k] and, per the kernel's B_N_MAJOR,
+// B(k, n) = b[b * b_b + k * ldb + n] (n-contiguous: X in A X and dx) or
+// B(k, n) = b[b * b_b + n * ldb + k] (k-contiguous: the second X of a Gram product).
+// a, b are 16-byte aligned, lda and ldb multiples of 8, and every k-contiguous row reads as
+// zeros from k up to k rounded up to 8 (cam.cu pads so; n-contiguous rows likewise past n).
+template <typename T>
+struct MmaTerm {
+  const T* a;
+  int64_t a_b;
+  int lda;
+  const T* b;
+  int64_t b_b;
+  int ldb;
+  int k;  // reduction length
+};
+
+// C = alpha * sum_terms A B + R for dense [batch, m, n] C and R.
+template <typename T, typename TC>
+struct MmaGemmArgs {
+  MmaTerm<T> term[2];
+  int nterms;
+  int batch, m, n;
+  TC* c;
+  const float* alpha;  // device scalar or null (1)
+  const T* r;          // residual or null
+  int splits;          // > 1: term[0]'s reduction split; partial sums to ws [splits, batch, m, n]
+  int k_per_split;     // a multiple of BK when splits > 1
+  float* ws;
+};
+
+// One block per (64-row x 128-column output tile, batch item x split); warp w owns rows
+// 32 (w / 2) .. + 31 and columns 64 (w % 2) .. + 63 as 2 x 8 m16n8 accumulator fragments
+// (64 fp32 registers per thread). The reduction runs in chunks of BK over the terms in turn,
+// staged by 16-byte cp.async into two alternating stages (chunk j + 1 loads while chunk j
+// computes; one barrier before and one after each chunk's products), zero-filled past the
+// valid rows and columns, and reaches the tensor cores through ldmatrix: A, and a
+// k-contiguous B, plain; an n-contiguous B with .trans. Fragment layouts as in mma.cuh
+// (g = lane / 4, t = lane % 4). Dynamic shared memory: cam_mma::smem_bytes(B_N_MAJOR).
+template <typename T, typename TC, bool B_N_MAJOR>
+__global__ void __launch_bounds__(cam_mma::BLOCK_THREADS) cam_gemm_mma_kernel(MmaGemmArgs<T, TC> p) {
+#if DANET_HAS_MMA
+  using namespace cam_mma;
+  using E = typename wmma_elem<T>::type;
+  constexpr int STAGE = stage_elems(B_N_MAJOR);
+  DANET_DYNAMIC_SMEM(smem);
+  T* stages = reinterpret_cast<T*>(smem);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int lr = lane % 8, lm = lane / 8;  // ldmatrix: the row this lane addresses, of matrix lm
+  const int wm = warp / 2, wn = warp % 2;
+  const int n0 = blockIdx.x * BN, m0 = blockIdx.y * BM;
+  const int b = blockIdx.z / p.splits, split = blockIdx.z % p.splits;
+
+  // The chunks: term 0's over [k_begin, k_end0) (this split's part), then term 1's.
+  int k_begin = 0, k_end0 = p.term[0].k;
+  if (p.splits > 1) {
+    k_begin = split * p.k_per_split;
+    k_end0 = min(k_end0, k_begin + p.k_per_split);
+  }
+  const int chunks0 = max(0, (k_end0 - k_begin + BK - 1) / BK);
+  const int total = chunks0 + (p.nterms > 1 ? (p.term[1].k + BK - 1) / BK : 0);
+  // Chunk j: its term, first k and end of the term's range.
+  const auto chunk = [&](int j, int& term, int& k0, int& kend) {
+    term = j < chunks0 ? 0 : 1;
+    k0 = term == 0 ? k_begin + j * BK : (j - chunks0) * BK;
+    kend = term == 0 ? k_end0 : p.term[1].k;
+  };
+  const int n_pad = (p.n + 7) / 8 * 8;
+
+  // Stage chunk j into dst: A rows m0.., B rows k0.. (n-contiguous) or n0.. (k-contiguous).
+  const auto stage = [&](int j, T* dst) {
+    int term, k0, kend;
+    chunk(j, term, k0, kend);
+    const MmaTerm<T>& tm = p.term[term];
+    const int k_pad = (kend + 7) / 8 * 8;
+    const T* a = tm.a + b * tm.a_b;
+    const T* bb = tm.b + b * tm.b_b;
+    for (int e = threadIdx.x; e < BM * (BK / 8); e += BLOCK_THREADS) {
+      const int r = e / (BK / 8), kk = 8 * (e % (BK / 8));
+      const bool ok = m0 + r < p.m && k0 + kk < k_pad;
+      mma::cp_async_cg16(dst + r * KPITCH + kk, ok ? a + (int64_t)(m0 + r) * tm.lda + k0 + kk : tm.a,
+                         ok ? 16 : 0);
+    }
+    T* bs = dst + BM * KPITCH;
+    if constexpr (B_N_MAJOR) {
+      for (int e = threadIdx.x; e < BK * (BN / 8); e += BLOCK_THREADS) {
+        const int r = e / (BN / 8), nn = 8 * (e % (BN / 8));
+        const bool ok = k0 + r < kend && n0 + nn < n_pad;
+        mma::cp_async_cg16(bs + r * NPITCH + nn, ok ? bb + (int64_t)(k0 + r) * tm.ldb + n0 + nn : tm.b,
+                           ok ? 16 : 0);
+      }
+    } else {
+      for (int e = threadIdx.x; e < BN * (BK / 8); e += BLOCK_THREADS) {
+        const int r = e / (BK / 8), kk = 8 * (e % (BK / 8));
+        const bool ok = n0 + r < p.n && k0 + kk < k_pad;
+        mma::cp_async_cg16(bs + r * KPITCH + kk, ok ? bb + (int64_t)(n0 + r) * tm.ldb + k0 + kk : tm.b,
+                           ok ? 16 : 0);
+      }
+    }
+  };
+
+  float acc[2][BN / 16][4];  // rows 32 wm + 16 i + g (+ 8), columns 64 wn + 8 nt + 2t (+ 1)
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int nt = 0; nt < BN / 16; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][nt][e] = 0.0f;
+
+  if (total > 0) {
+    stage(0, stages);
+    mma::cp_async_commit();
+  }
+  for (int j = 0; j < total; ++j) {
+    if (j + 1 < total) {  // prefetch the next chunk into the other stage
+      stage(j + 1, stages + ((j + 1) % 2) * STAGE);
+      mma::cp_async_commit();
+      mma::cp_async_wait<1>();  // chunk j's group has landed
+    } else {
+      mma::cp_async_wait<0>();
+    }
+    __syncthreads();
+    const T* as = stages + (j % 2) * STAGE;
+    const T* bs = as + BM * KPITCH;
+    int term, k0, kend;
+    chunk(j, term, k0, kend);
+    const int kv = min(BK, kend - k0);  // block-uniform; the staged tiles are zero from kv on
+    for (int kk = 0; kk < kv; kk += 16) {
+      uint32_t a[2][4];
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+        mma::ldmatrix_x4(a[i], as + (32 * wm + 16 * i + lr + 8 * (lm % 2)) * KPITCH + kk + 8 * (lm / 2));
+#pragma unroll
+      for (int np = 0; np < BN / 32; ++np) {  // 16 of the warp's columns: n tiles 2 np, 2 np + 1
+        uint32_t bf[4];
+        if constexpr (B_N_MAJOR) {
+          mma::ldmatrix_x4_trans(bf, bs + (kk + lr + 8 * (lm % 2)) * NPITCH + 64 * wn + 16 * np + 8 * (lm / 2));
+        } else {
+          mma::ldmatrix_x4(bf, bs + (64 * wn + 16 * np + lr + 8 * (lm / 2)) * KPITCH + kk + 8 * (lm % 2));
+        }
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          mma::mma_16816<E>(acc[i][2 * np], a[i], bf[0], bf[1]);
+          mma::mma_16816<E>(acc[i][2 * np + 1], a[i], bf[2], bf[3]);
+        }
+      }
+    }
+    __syncthreads();  // every warp is done with this stage before it is refilled
+  }
+
+  const float alpha = scalar_or_one(p.alpha);
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int nt = 0; nt < BN / 16; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int row = m0 + 32 * wm + 16 * i + g + 8 * (e / 2);
+        const int col = n0 + 64 * wn + 8 * nt + 2 * t + e % 2;
+        if (row >= p.m || col >= p.n) continue;
+        const int64_t idx = ((int64_t)b * p.m + row) * p.n + col;
+        if (p.splits > 1) {
+          p.ws[(int64_t)split * p.batch * p.m * p.n + idx] = acc[i][nt][e];
+        } else {
+          float val = alpha * acc[i][nt][e];
+          if (p.r) val += to_float(p.r[idx]);
+          p.c[idx] = from_float<TC>(val);
+        }
+      }
+#else
+  __trap();  // the host dispatch launches this kernel on sm_80 and newer only
+#endif
+}
+
+// The fp32 C x C matrices as A operands of cam_gemm_mma_kernel: dst[b][m][k] for k < ld
+// (C rounded up to 8; zeros for k >= C), rounded to T:
+//   CamOperand::copy       src[m][k]                    (attention, forward A X)
+//   CamOperand::transpose  scale * src[k][m]            (gamma A^T, dx's first term)
+//   CamOperand::symmetric  src[m][k] + src[k][m]        (dE + dE^T: dE X + dE^T X in one)
+// One block of 256 threads per 32 x 32 tile; the transposed reads go through shared memory
+// so that global reads and writes both run along rows.
+enum class CamOperand { copy, transpose, symmetric };
+
+template <typename T, CamOperand OP>
+__global__ void __launch_bounds__(THREADS)
+cam_operand_kernel(const float* src, const float* scale, int c, int ld, T* dst) {
+  __shared__ float tr[32][33];
+  const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
+  const int k0 = blockIdx.x * 32, m0 = blockIdx.y * 32;
+  const float* s = src + (int64_t)blockIdx.z * c * c;
+  if (OP != CamOperand::copy) {
+    for (int r = ty; r < 32; r += THREADS / 32) {  // tr[k - k0][m - m0] = src[k][m]
+      const int k = k0 + r, m = m0 + tx;
+      tr[r][tx] = (k < c && m < c) ? s[(int64_t)k * c + m] : 0.0f;
+    }
+    __syncthreads();
+  }
+  const float sc = scalar_or_one(scale);
+  for (int r = ty; r < 32; r += THREADS / 32) {
+    const int m = m0 + r, k = k0 + tx;
+    if (m >= c || k >= ld) continue;
+    float v = 0.0f;
+    if (k < c) {
+      if (OP == CamOperand::copy) v = s[(int64_t)m * c + k];
+      if (OP == CamOperand::transpose) v = sc * tr[tx][r];
+      if (OP == CamOperand::symmetric) v = s[(int64_t)m * c + k] + tr[tx][r];
+    }
+    dst[((int64_t)blockIdx.z * c + m) * ld + k] = from_float<T>(v);
   }
 }
 

@@ -1,5 +1,6 @@
 // Host-side pieces shared by the extension's .cu files: ATen includes, input checks,
-// the dtype dispatch, and the device building blocks of tile.cuh.
+// the dtype dispatch, the mma.sync kernels' launch conditions and row padding, and the
+// device building blocks of tile.cuh.
 #pragma once
 
 // The narrow ATen headers rather than <ATen/ATen.h>: the same API for what is used here,
@@ -15,6 +16,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 
 #include "tile.cuh"
 
@@ -65,6 +67,38 @@ inline c10::optional<at::Tensor> gamma_fp32(const c10::optional<at::Tensor>& gam
 
 inline const float* ptr_or_null(const c10::optional<at::Tensor>& t) {
   return t.has_value() ? t->data_ptr<float>() : nullptr;
+}
+
+// ---- the mma.sync kernels' (pam_kernels.cuh, cam_kernels.cuh) host side ----------------
+
+// Whether an mma.sync kernel needing `bytes` of dynamic shared memory can run here: sm_80
+// or newer, and no more than a block may opt in to.
+inline bool mma_fits(size_t bytes) {
+  int dev = 0, major = 0, optin = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&dev));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  return major >= 8 && bytes <= static_cast<size_t>(optin);
+}
+
+// The [B, C, N] inputs as the mma.sync kernels read them: rows of a 16-byte aligned buffer
+// with a stride (ld) that is a multiple of 8 positions. Dense inputs that are already so are
+// used as they are; otherwise each is copied once into a zero-padded [B, C, ld] buffer
+// (O(C*N) bytes against the kernels' O(N^2*C) or O(C^2*N) work), so every load is a 16-byte
+// cp.async and the padding reads as zeros (the PAM kernels give P = 0 there, and 0 * v
+// stays 0; in CAM's products the zero positions add nothing).
+inline int64_t mma_row_stride(std::initializer_list<const at::Tensor*> ts) {
+  const int64_t n = (*ts.begin())->size(2);
+  bool direct = n % 8 == 0;
+  for (const at::Tensor* t : ts) direct = direct && reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0;
+  return direct ? n : (n + 7) / 8 * 8;
+}
+
+inline at::Tensor padded_rows(const at::Tensor& t, int64_t ld) {
+  if (ld == t.size(2) && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0) return t;
+  auto buffer = at::zeros({t.size(0), t.size(1), ld}, t.options());
+  buffer.narrow(2, 0, t.size(2)).copy_(t);
+  return buffer;
 }
 
 }  // namespace danet

@@ -13,7 +13,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <initializer_list>
 #include <tuple>
 
 namespace danet {
@@ -38,41 +37,12 @@ void check_pam_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor
               "danet_ops: PAM sizes out of range: q ", q.sizes(), ", v ", v.sizes());
 }
 
-// Whether an mma.sync kernel needing `bytes` of dynamic shared memory can run here: sm_80
-// or newer, and no more than a block may opt in to.
-bool mma_fits(size_t bytes) {
-  int dev = 0, major = 0, optin = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&dev));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  return major >= 8 && bytes <= static_cast<size_t>(optin);
-}
-
 // Whether pam_forward_mma_kernel<T> can run here (q, two k stages and two v stages in
 // shared memory). Returns its byte count, or 0.
 template <typename T>
 size_t mma_forward_smem(int64_t cqk) {
   const size_t bytes = pam_mma::smem_bytes<T>(static_cast<int>(cqk));
   return mma_fits(bytes) ? bytes : 0;
-}
-
-// The inputs as the mma.sync kernels read them: rows of a 16-byte aligned buffer with a
-// stride (ld) that is a multiple of 8 positions. Dense inputs that are already so are used
-// as they are; otherwise each is copied once into a zero-padded [B, C, ld] buffer (O(C*N)
-// bytes against the kernels' O(N^2*C) work), so every load is a 16-byte cp.async and the
-// padding reads as zeros (the kernels give P = 0 there, and 0 * v stays 0).
-int64_t mma_row_stride(std::initializer_list<const at::Tensor*> ts) {
-  const int64_t n = (*ts.begin())->size(2);
-  bool direct = n % 8 == 0;
-  for (const at::Tensor* t : ts) direct = direct && reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0;
-  return direct ? n : (n + 7) / 8 * 8;
-}
-
-at::Tensor padded_rows(const at::Tensor& t, int64_t ld) {
-  if (ld == t.size(2) && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0) return t;
-  auto buffer = at::zeros({t.size(0), t.size(1), ld}, t.options());
-  buffer.narrow(2, 0, t.size(2)).copy_(t);
-  return buffer;
 }
 
 // pam_forward_mma_kernel for p (its q, k, v, ld set here), if it can run on this GPU.

@@ -289,7 +289,7 @@ constexpr int cqk_padded(int cqk) { return (cqk + 15) / 16 * 16; }
 // Dynamic shared memory of a block for elements of type T (staged as they are: 2 bytes for
 // the half types, 4 for fp32): q, two k stages, two v stages; also pam_dv_mma_kernel's (k,
 // two q stages, two dO stages). At Cqk = 64: 64512 bytes (half), 129024 (fp32), within the
-// 232448 a block may opt into on sm_90 (the host checks, mma_fits in pam.cu).
+// 232448 a block may opt into on sm_90 (the host checks: mma_fits in common.cuh).
 template <typename T>
 inline size_t smem_bytes(int cqk) {
   return static_cast<size_t>(3 * cqk_padded(cqk) + 2 * CVT) * PITCH * sizeof(T);

@@ -13,8 +13,10 @@
 // 64x64 tile product on tensor cores through WMMA (16x16x16 fragments, fp32
 // accumulator); the product goes through a shared fp32 tile into the same per-thread
 // 4x4 layout, so the epilogues and the online softmax are one code for every dtype.
-// (PAM on sm_80+ does not use these tiles, for any dtype: it runs on the register-resident
-// mma.sync fragments of mma.cuh, see pam_kernels.cuh.)
+// (On sm_80 and newer, PAM for every dtype where its shared memory fits, and CAM's half-type
+// products, do not use these tiles: they run on the register-resident mma.sync fragments of
+// mma.cuh, see pam_kernels.cuh and cam_kernels.cuh. The tile paths here serve older GPUs,
+// PAM's too-large Cqk and CAM's fp32.)
 #pragma once
 
 #include <cstdint>

@@ -135,13 +135,13 @@ def test_sources_are_found():
 # csrc/emulation/ compiles the real kernel code as C++ with a thin CUDA shim (a thread per
 # CUDA thread, barriers for __syncthreads and shuffles), so the fp32 kernels' indexing,
 # ragged-edge masking and synchronisation are exercised here without a GPU. PAM forward
-# and backward run the mma.sync kernels for every dtype (mma.sync m16n8k16 and m16n8k8
-# .tf32, ldmatrix, cp.async emulated as warp collectives with the PTX ISA's fragment
-# layouts, which tests/test_cuda_mma.py pins down; TF32 operands truncated as the tensor
-# cores read them, so fp32 meets 1e-5 only through 3xTF32); PAM with legacy=True (what
-# every dtype takes on GPUs before sm_80) runs the tile kernels: fp32 SIMT, the half types
-# the WMMA product, emulated by the shim. Operands are rounded to fp16/bf16 as on the GPU,
-# accumulation is fp32.
+# and backward run the mma.sync kernels for every dtype, CAM's fp16/bf16 products too
+# (mma.sync m16n8k16 and m16n8k8 .tf32, ldmatrix, cp.async emulated as warp collectives
+# with the PTX ISA's fragment layouts, which tests/test_cuda_mma.py pins down; TF32
+# operands truncated as the tensor cores read them, so fp32 meets 1e-5 only through
+# 3xTF32); PAM and CAM with legacy=True (what every dtype takes on GPUs before sm_80) run
+# the tile kernels: fp32 SIMT, the half types the WMMA product, emulated by the shim.
+# Operands are rounded to fp16/bf16 as on the GPU, accumulation is fp32.
 # Speed and real-GPU memcheck need tests/test_cuda_gpu.py. The library is built once per
 # session (conftest's emulated_kernels; calls in tests/cuda_emulation.py).
 
@@ -234,27 +234,39 @@ def test_emulated_pam_fp32_tf32_mode_is_plain_tf32(emulated_kernels, shape):
 
 
 @pytest.mark.parametrize(
-    "dtype,shape,with_gamma,splits",
+    "dtype,shape,with_gamma,splits,legacy",
     [
-        (torch.float32, (2, 70, 131), True, 1),
-        (torch.float32, (1, 24, 300), False, 3),  # split-K Gram
-        (torch.float32, (2, 130, 67), True, 2),
-        *[(dt, (1, 70, 131), True, 2) for dt in HALF],  # WMMA path, ragged, split-K
-        *[(dt, (1, 24, 300), False, 1) for dt in HALF],
+        (torch.float32, (2, 70, 131), True, 1, False),
+        (torch.float32, (1, 24, 300), False, 3, False),  # split-K Gram
+        (torch.float32, (2, 130, 67), True, 2, False),
+        # mma.sync (fp16/bf16 on sm_80+): ragged N (zero-padded rows) with a split-K Gram of
+        # two splits, the second under one 64-position chunk; C under one tile, no gamma;
+        # C = 96 (a 64-row tile and a half, under one 128-column tile) with N = 13 * 17 and
+        # batch 2; N a multiple of 8 (rows read in place) over two splits; a DANet-like
+        # C = 515 (not a multiple of 8: ragged operand rows, 9 x 5 output tiles, a last
+        # 3-channel reduction chunk; bf16 only, fp16 shares the code, and the emulation's
+        # time grows as C^2 N) at an odd N.
+        *[(dt, (1, 70, 131), True, 2, False) for dt in HALF],
+        *[(dt, (1, 24, 300), False, 1, False) for dt in HALF],
+        *[(dt, (2, 96, 221), True, 2, False) for dt in HALF],
+        *[(dt, (1, 40, 1024), True, 3, False) for dt in HALF],
+        (torch.bfloat16, (1, 515, 45), True, 1, False),
+        # legacy: the half types on the 64x64 WMMA tile kernel (GPUs before sm_80)
+        *[(dt, (1, 70, 131), True, 2, True) for dt in HALF],
     ],
 )
-def test_emulated_cam_kernels_match_chunked(emulated_kernels, dtype, shape, with_gamma, splits):
+def test_emulated_cam_kernels_match_chunked(emulated_kernels, dtype, shape, with_gamma, splits, legacy):
     b, c, n = shape
     tol = EMU_TOL[dtype]
     x = (torch.randn(b, c, n) * (2.0 / n**0.5)).to(dtype)
     dout = torch.randn(b, c, n).to(dtype)
     gamma = torch.tensor(0.7) if with_gamma else None
-    out, attn = cuda_emulation.cam_forward(emulated_kernels, x, gamma, splits)
+    out, attn = cuda_emulation.cam_forward(emulated_kernels, x, gamma, splits, legacy=legacy)
     ref_out, ref_attn = chunked.cam_forward(_d(x), _d(gamma))
     assert rel_err(out, ref_out) <= tol
     assert rel_err(attn, ref_attn) <= tol
 
-    dx, dgamma = cuda_emulation.cam_backward(emulated_kernels, dout, x, attn, gamma, splits)
+    dx, dgamma = cuda_emulation.cam_backward(emulated_kernels, dout, x, attn, gamma, splits, legacy=legacy)
     ref_dx, ref_dgamma = chunked.cam_backward(_d(dout), _d(x), ref_attn, _d(gamma))
     assert rel_err(dx, ref_dx) <= tol
     if gamma is not None:

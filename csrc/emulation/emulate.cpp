@@ -1,6 +1,7 @@
 // CPU emulation entry points (fp32, fp16, bf16) for the kernels in ../pam_kernels.cuh and
 // ../cam_kernels.cuh, launched with the same grids and arguments as the host wrappers in
-// ../pam.cu and ../cam.cu. Built and compared with the pure-PyTorch backend by
+// ../pam.cu and ../cam.cu (the half types on the mma.sync kernels, as on sm_80+, or with
+// legacy on the 64x64 tile kernels of older GPUs). Built and compared with the pure-PyTorch backend by
 // tests/test_cuda_build.py; plain g++ -std=c++20 -pthread, no CUDA or torch needed.
 // Also one warp's mma.sync / ldmatrix / cp.async of ../mma.cuh on given registers and
 // matrices (emu_mma_m16n8k16*, emu_ldmatrix_x4, emu_cp_async16), for tests/test_cuda_mma.py.
@@ -132,7 +133,8 @@ static void pam_backward(const T* dout, const T* q, const T* k, const T* v,
   emu_launch(dim3(1), THREADS, [&] { sum_all_kernel<float>(rowdot, (int64_t)batch * n, dgamma); });
 }
 
-// splits > 1 exercises the split-K path of the Gram products (ws: splits * B * C * C).
+// splits > 1 exercises the split-K path of the Gram products (ws: splits * B * C * C);
+// the split length is rounded up to the kernel's reduction chunk as in ../cam.cu.
 template <typename T>
 static void emu_gram(const T* xa, const T* xb, float* out, float* ws, int batch, int c,
                      int n, int splits) {
@@ -163,11 +165,106 @@ static void emu_gram(const T* xa, const T* xb, float* out, float* ws, int batch,
   }
 }
 
+// ---- CAM's fp16/bf16 path on mma.sync, as ../cam.cu runs it on sm_80+ ----
+
+// x [B, C, N] as padded_rows hands it to the kernels: used in place when N is a multiple of
+// 8 and the buffer 16-byte aligned, else copied into zero-padded rows of ld = ceil8(N).
+template <typename T>
+struct MmaRows {
+  std::vector<T> copy;
+  const T* p;
+  int ld;
+  MmaRows(const T* x, int rows, int n, bool direct) : p(x), ld(n) {
+    if (!direct) {
+      ld = (n + 7) / 8 * 8;
+      copy = padded_rows(x, rows, n, ld);
+      p = copy.data();
+    }
+  }
+};
+static bool aligned16(const void* x) { return reinterpret_cast<uintptr_t>(x) % 16 == 0; }
+
+template <typename T>
+static void emu_launch_mma(const MmaGemmArgs<T, float>& p) {
+  emu_launch(dim3(ceil_div(p.n, cam_mma::BN), ceil_div(p.m, cam_mma::BM), p.batch * p.splits),
+             cam_mma::BLOCK_THREADS, [&] { cam_gemm_mma_kernel<T, float, false>(p); },
+             cam_mma::smem_bytes(false));
+}
+template <typename T>
+static void emu_launch_mma(const MmaGemmArgs<T, T>& p) {
+  emu_launch(dim3(ceil_div(p.n, cam_mma::BN), ceil_div(p.m, cam_mma::BM), p.batch * p.splits),
+             cam_mma::BLOCK_THREADS, [&] { cam_gemm_mma_kernel<T, T, true>(p); }, cam_mma::smem_bytes(true));
+}
+
+template <typename T>
+static void emu_gram_mma(const MmaRows<T>& xa, const MmaRows<T>& xb, float* out, float* ws, int batch,
+                         int c, int n, int splits) {
+  MmaGemmArgs<T, float> p{};
+  p.term[0] = MmaTerm<T>{xa.p, (int64_t)c * xa.ld, xa.ld, xb.p, (int64_t)c * xb.ld, xb.ld, n};
+  p.nterms = 1;
+  p.batch = batch;
+  p.m = c;
+  p.n = c;
+  p.c = out;
+  p.splits = 1;
+  if (splits > 1) {
+    int per = (n + splits - 1) / splits;
+    per = (per + cam_mma::BK - 1) / cam_mma::BK * cam_mma::BK;
+    p.splits = (n + per - 1) / per;
+    p.k_per_split = per;
+    p.ws = ws;
+  }
+  emu_launch_mma(p);
+  if (p.splits > 1) {
+    const int64_t total = (int64_t)batch * c * c;
+    emu_launch(dim3(ceil_div(total, THREADS)), THREADS,
+               [&] { splitk_reduce_kernel(ws, p.splits, total, out); });
+  }
+}
+
+// ../cam.cu's operand(): an fp32 [B, C, C] matrix as [B, C, ceil8(C)] of T.
+template <typename T, CamOperand OP>
+static std::vector<T> emu_operand(const float* src, const float* scale, int batch, int c) {
+  const int ld = (c + 7) / 8 * 8;
+  std::vector<T> dst((size_t)batch * c * ld);
+  emu_launch(dim3(ceil_div(ld, 32), ceil_div(c, 32), batch), THREADS,
+             [&] { cam_operand_kernel<T, OP>(src, scale, c, ld, dst.data()); });
+  return dst;
+}
+
+template <typename T>
+static MmaTerm<T> emu_channel_term(const std::vector<T>& a, const MmaRows<T>& x, int c) {
+  const int lda = (c + 7) / 8 * 8;
+  return MmaTerm<T>{a.data(), (int64_t)c * lda, lda, x.p, (int64_t)c * x.ld, x.ld, c};
+}
+
+// legacy: the 64x64 tile kernel for every dtype (the half types take it only on GPUs before
+// sm_80); otherwise fp16/bf16 run the mma.sync kernels, as ../cam.cu dispatches on sm_80+.
 template <typename T>
 static void cam_forward(const T* x, const float* gamma, T* out, float* attn, float* ws,
-                        int batch, int c, int n, int splits) {
-  emu_gram(x, x, attn, ws, batch, c, n, splits);
+                        int batch, int c, int n, int splits, bool legacy = false) {
   const int64_t rows = (int64_t)batch * c;
+  if constexpr (!std::is_same<T, float>::value) {
+    if (!legacy) {
+      const MmaRows<T> xr(x, batch * c, n, n % 8 == 0 && aligned16(x));
+      emu_gram_mma(xr, xr, attn, ws, batch, c, n, splits);
+      emu_launch(dim3(ceil_div(rows, THREADS / 32)), THREADS, [&] { cam_softmax_kernel(attn, rows, c); });
+      const auto a = emu_operand<T, CamOperand::copy>(attn, nullptr, batch, c);
+      MmaGemmArgs<T, T> p{};
+      p.term[0] = emu_channel_term(a, xr, c);
+      p.nterms = 1;
+      p.batch = batch;
+      p.m = c;
+      p.n = n;
+      p.c = out;
+      p.alpha = gamma;
+      p.r = gamma ? x : nullptr;
+      p.splits = 1;
+      emu_launch_mma(p);
+      return;
+    }
+  }
+  emu_gram(x, x, attn, ws, batch, c, n, splits);
   emu_launch(dim3(ceil_div(rows, THREADS / 32)), THREADS,
              [&] { cam_softmax_kernel(attn, rows, c); });
   GemmArgs<float, T, T, T> p{};
@@ -195,34 +292,60 @@ static void cam_forward(const T* x, const float* gamma, T* out, float* attn, flo
 template <typename T>
 static void cam_backward(const T* dout, const T* x, const float* attn, const float* gamma,
                          T* dx, float* de, float* rowpart, float* dgamma, float* ws, int batch,
-                         int c, int n, int splits) {
-  emu_gram(dout, x, de, ws, batch, c, n, splits);
+                         int c, int n, int splits, bool legacy = false) {
   const int64_t rows = (int64_t)batch * c;
-  emu_launch(dim3(ceil_div(rows, THREADS / 32)), THREADS,
-             [&] { cam_softmax_backward_kernel(attn, de, rowpart, gamma, rows, c); });
-  using Term = GemmTerm<float, T>;
   const int64_t cc = (int64_t)c * c, cn = (int64_t)c * n;
-  GemmArgs<float, T, T, T> p{};
-  p.term[0] = Term{attn, cc, 1, c, dout, cn, n, 1, c, gamma};
-  p.term[1] = Term{de, cc, c, 1, x, cn, n, 1, c, nullptr};
-  p.term[2] = Term{de, cc, 1, c, x, cn, n, 1, c, nullptr};
-  p.nterms = 3;
-  p.batch = batch;
-  p.m = c;
-  p.n = n;
-  p.c = dx;
-  p.c_b = cn;
-  p.c_m = n;
-  p.c_n = 1;
-  if (gamma) {
-    p.r = dout;
-    p.r_b = cn;
-    p.r_m = n;
-    p.r_n = 1;
+  bool done = false;
+  if constexpr (!std::is_same<T, float>::value) {
+    if (!legacy) {
+      const bool direct = n % 8 == 0 && aligned16(x) && aligned16(dout);
+      const MmaRows<T> xr(x, batch * c, n, direct), dr(dout, batch * c, n, direct);
+      emu_gram_mma(dr, xr, de, ws, batch, c, n, splits);
+      emu_launch(dim3(ceil_div(rows, THREADS / 32)), THREADS,
+                 [&] { cam_softmax_backward_kernel(attn, de, rowpart, gamma, rows, c); });
+      const auto a_t = emu_operand<T, CamOperand::transpose>(attn, gamma, batch, c);
+      const auto sym = emu_operand<T, CamOperand::symmetric>(de, nullptr, batch, c);
+      MmaGemmArgs<T, T> p{};
+      p.term[0] = emu_channel_term(a_t, dr, c);
+      p.term[1] = emu_channel_term(sym, xr, c);
+      p.nterms = 2;
+      p.batch = batch;
+      p.m = c;
+      p.n = n;
+      p.c = dx;
+      p.r = gamma ? dout : nullptr;
+      p.splits = 1;
+      emu_launch_mma(p);
+      done = true;
+    }
   }
-  p.splits = 1;
-  emu_launch(dim3(ceil_div(n, TILE), ceil_div(c, TILE), batch), THREADS,
-             [&] { gemm_kernel<float, T, T, T>(p); });
+  if (!done) {
+    emu_gram(dout, x, de, ws, batch, c, n, splits);
+    emu_launch(dim3(ceil_div(rows, THREADS / 32)), THREADS,
+               [&] { cam_softmax_backward_kernel(attn, de, rowpart, gamma, rows, c); });
+    using Term = GemmTerm<float, T>;
+    GemmArgs<float, T, T, T> p{};
+    p.term[0] = Term{attn, cc, 1, c, dout, cn, n, 1, c, gamma};
+    p.term[1] = Term{de, cc, c, 1, x, cn, n, 1, c, nullptr};
+    p.term[2] = Term{de, cc, 1, c, x, cn, n, 1, c, nullptr};
+    p.nterms = 3;
+    p.batch = batch;
+    p.m = c;
+    p.n = n;
+    p.c = dx;
+    p.c_b = cn;
+    p.c_m = n;
+    p.c_n = 1;
+    if (gamma) {
+      p.r = dout;
+      p.r_b = cn;
+      p.r_m = n;
+      p.r_n = 1;
+    }
+    p.splits = 1;
+    emu_launch(dim3(ceil_div(n, TILE), ceil_div(c, TILE), batch), THREADS,
+               [&] { gemm_kernel<float, T, T, T>(p); });
+  }
   emu_launch(dim3(1), THREADS, [&] { sum_all_kernel<float>(rowpart, rows, dgamma); });
 }
 
@@ -261,15 +384,15 @@ static void cam_backward(const T* dout, const T* x, const float* attn, const flo
   }                                                                                             \
   extern "C" void emu_cam_forward##SUFFIX(const void* x, const float* gamma, void* out,         \
                                           float* attn, float* ws, int batch, int c, int n,      \
-                                          int splits) {                                         \
-    cam_forward<T>((const T*)x, gamma, (T*)out, attn, ws, batch, c, n, splits);                 \
+                                          int splits, int legacy) {                             \
+    cam_forward<T>((const T*)x, gamma, (T*)out, attn, ws, batch, c, n, splits, legacy != 0);    \
   }                                                                                             \
   extern "C" void emu_cam_backward##SUFFIX(                                                     \
       const void* dout, const void* x, const float* attn, const float* gamma, void* dx,         \
       float* de, float* rowpart, float* dgamma, float* ws, int batch, int c, int n,             \
-      int splits) {                                                                             \
+      int splits, int legacy) {                                                                 \
     cam_backward<T>((const T*)dout, (const T*)x, attn, gamma, (T*)dx, de, rowpart, dgamma, ws,  \
-                    batch, c, n, splits);                                                       \
+                    batch, c, n, splits, legacy != 0);                                          \
   }
 
 DANET_EMU_EXPORT(, float)

@@ -20,8 +20,9 @@ static std::vector<T> rnd(size_t n, std::mt19937& g) {
 
 // One dtype: PAM forward and backward on the mma.sync kernels (their dynamic shared memory
 // allocated to the exact size; fp32 with its own 4-byte layout and fragment loads, also in
-// the one-TF32-product mode) and on the 64x64 tile kernels (fp32 SIMT, the half types
-// emulated WMMA), so each layout is bounds-checked; CAM on the tile kernels.
+// the one-TF32-product mode), CAM's half-type products on their mma.sync kernels, and both
+// ops on the 64x64 tile kernels of GPUs before sm_80 (fp32 SIMT, the half types emulated
+// WMMA), so each layout is bounds-checked.
 template <typename T>
 static void run_all(std::mt19937& g) {
   // Every tile edge, one size at a time around a ragged base: one under and over the output
@@ -61,6 +62,11 @@ static void run_all(std::mt19937& g) {
     cam_forward<T>(x.data(), gamma.data(), out.data(), attn.data(), ws.data(), b, c, n, splits);
     cam_backward<T>(dout.data(), x.data(), attn.data(), gamma.data(), dx.data(), de.data(), rowpart.data(), dg.data(),
                     ws.data(), b, c, n, splits);
+    if (!std::is_same<T, float>::value) {
+      cam_forward<T>(x.data(), gamma.data(), out.data(), attn.data(), ws.data(), b, c, n, splits, /*legacy=*/true);
+      cam_backward<T>(dout.data(), x.data(), attn.data(), gamma.data(), dx.data(), de.data(), rowpart.data(),
+                      dg.data(), ws.data(), b, c, n, splits, /*legacy=*/true);
+    }
   }
 }
 
