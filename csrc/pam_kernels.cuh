@@ -326,9 +326,11 @@ __device__ __forceinline__ void stage_async(T* dst, const T* src, int rows, int 
 // Consecutive threads store consecutive positions; with 128-bit loads and stores (V
 // positions a thread) where n is a multiple of V and every pointer is 16-byte aligned
 // (then every row starts on a 16-byte boundary, and i < n holds for all V once it holds
-// for the first), else one element at a time.
+// for the first), else one element at a time. Not inlined: it runs once per block, after
+// the accumulators are dead, and inlined ptxas let its addressing push the half-type dQ
+// kernel to 12 bytes of spills (sm_90, nvcc 13).
 template <typename T, int ROWS>
-__device__ __forceinline__ void store_staged(const float* os, T* out, T* raw, const T* residual,
+__device__ __noinline__ void store_staged(const float* os, T* out, T* raw, const T* residual,
                                              float alpha, int b, int c0, int channels, int i0, int n) {
   using namespace pam_mma;
   constexpr int V = 16 / static_cast<int>(sizeof(T));  // elements per 128 bits

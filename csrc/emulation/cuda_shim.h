@@ -38,6 +38,7 @@ inline thread_local EmuIndex threadIdx, blockIdx;
 #define __global__
 #define __device__
 #define __forceinline__ inline
+#define __noinline__
 #define __launch_bounds__(...)
 #define __shared__ static
 #define __align__(n) __attribute__((aligned(n)))
