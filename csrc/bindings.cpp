@@ -14,10 +14,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pam_backward(
     const c10::optional<at::Tensor>& gamma, const at::Tensor& o, const at::Tensor& lse,
     double scale, bool tf32);
 std::tuple<at::Tensor, at::Tensor> cam_forward(const at::Tensor& x,
-                                               const c10::optional<at::Tensor>& gamma);
+                                               const c10::optional<at::Tensor>& gamma, bool tf32);
 std::tuple<at::Tensor, at::Tensor> cam_backward(const at::Tensor& dout, const at::Tensor& x,
                                                 const at::Tensor& attn,
-                                                const c10::optional<at::Tensor>& gamma);
+                                                const c10::optional<at::Tensor>& gamma, bool tf32);
 }  // namespace danet
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -31,8 +31,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(dout, q, k, v, gamma?, o, lse, scale, tf32=False) -> (dq, dk, dv, dgamma)", py::arg("dout"),
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("gamma"), py::arg("o"),
         py::arg("lse"), py::arg("scale"), py::arg("tf32") = false);
-  m.def("cam_forward", &danet::cam_forward, "(x [B, C, N], gamma?) -> (out, attn fp32 [B, C, C])",
-        py::arg("x"), py::arg("gamma"));
-  m.def("cam_backward", &danet::cam_backward, "(dout, x, attn, gamma?) -> (dx, dgamma)",
-        py::arg("dout"), py::arg("x"), py::arg("attn"), py::arg("gamma"));
+  m.def("cam_forward", &danet::cam_forward,
+        "(x [B, C, N], gamma?, tf32=False) -> (out, attn fp32 [B, C, C]); "
+        "tf32: fp32 A X as one TF32 MMA (the Gram stays 3xTF32)",
+        py::arg("x"), py::arg("gamma"), py::arg("tf32") = false);
+  m.def("cam_backward", &danet::cam_backward,
+        "(dout, x, attn, gamma?, tf32=False) -> (dx, dgamma); "
+        "tf32: fp32 dx's product as one TF32 MMA (G = dout X^T stays 3xTF32)",
+        py::arg("dout"), py::arg("x"), py::arg("attn"), py::arg("gamma"), py::arg("tf32") = false);
 }

@@ -1,14 +1,15 @@
 // CAM host wrappers: input checks, the split-K choice for the Gram products, launches.
-// fp16/bf16 run on the mma.sync kernels where the GPU allows (sm_80+, and their shared
-// memory; X and dout padded to rows of a multiple of 8 positions where needed, the fp32
-// attention and dE rounded to the input dtype as [C, ceil8(C)] operands); fp32, and the half
-// types on older GPUs, on the 64x64 tile GEMM. The kernels and the math are in
-// cam_kernels.cuh.
+// Every dtype runs on the mma.sync kernels where the GPU allows (sm_80+, and their shared
+// memory: fp32's is twice the half types'; X and dout padded to rows of a multiple of 8
+// positions where needed, the fp32 attention and dE as [C, ceil8(C)] operands, rounded to
+// the input dtype for fp16/bf16). fp32 runs as 3xTF32; with tf32 (torch's matmul precision
+// "high"/"medium", passed from Python) A X and dx as one TF32 product, the Gram products
+// E and G always 3xTF32. GPUs before sm_80, and fp32 where its shared memory does not fit,
+// take the 64x64 tile GEMM. The kernels and the math are in cam_kernels.cuh.
 #include "common.cuh"
 #include "cam_kernels.cuh"
 
 #include <tuple>
-#include <type_traits>
 #include <utility>
 
 namespace danet {
@@ -79,11 +80,11 @@ void gram(const at::Tensor& xa, const at::Tensor& xb, at::Tensor& out, cudaStrea
   if (splits > 1) splitk_reduce(ws, splits, batch * c * c, p.c, stream);
 }
 
-// ---- fp16/bf16 on mma.sync (sm_80+) ---------------------------------------------------------
+// ---- every dtype on mma.sync (sm_80+) --------------------------------------------------------
 
 template <typename T, typename TC, bool B_N_MAJOR>
 void launch_gemm_mma(const MmaGemmArgs<T, TC>& p, cudaStream_t stream) {
-  const size_t smem = cam_mma::smem_bytes(B_N_MAJOR);
+  const size_t smem = cam_mma::smem_bytes<T>(B_N_MAJOR);
   const auto kernel = cam_gemm_mma_kernel<T, TC, B_N_MAJOR>;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   const dim3 grid(ceil_div(p.n, cam_mma::BN), ceil_div(p.m, cam_mma::BM), p.batch * p.splits);
@@ -91,8 +92,12 @@ void launch_gemm_mma(const MmaGemmArgs<T, TC>& p, cudaStream_t stream) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Whether the mma.sync kernels can run here (sm_80+, their shared memory).
-bool cam_mma_fits() { return mma_fits(std::max(cam_mma::smem_bytes(false), cam_mma::smem_bytes(true))); }
+// Whether the mma.sync kernels for T can run here (sm_80+, their shared memory: fp32 needs
+// twice the half types', 110592 bytes, so e.g. sm_86's 101376 leave it on the tile kernel).
+template <typename T>
+bool cam_mma_fits() {
+  return mma_fits(std::max(cam_mma::smem_bytes<T>(false), cam_mma::smem_bytes<T>(true)));
+}
 
 // The Gram product of gram() on cam_gemm_mma_kernel: xa, xb [B, C, ld] as padded_rows gives
 // them (ld a multiple of 8, zeros past N), n = N.
@@ -121,7 +126,9 @@ void gram_mma(const at::Tensor& xa, const at::Tensor& xb, int64_t n, at::Tensor&
 }
 
 // An fp32 [B, C, C] matrix as an A operand of cam_gemm_mma_kernel (cam_operand_kernel):
-// [B, C, ceil8(C)] in T.
+// [B, C, ceil8(C)] in T. fp32 has nothing to round, but the kernel's 16-byte cp.async needs
+// rows of a multiple of 8 (and the transposed and symmetric forms are needed anyway); one
+// O(C^2) pass against the product's O(C^2 N), so every dtype takes it.
 template <typename T, CamOperand OP>
 at::Tensor operand(const at::Tensor& src, const float* scale, const at::Tensor& like, cudaStream_t stream) {
   const int64_t batch = src.size(0), c = src.size(1), ld = (c + 7) / 8 * 8;
@@ -146,8 +153,8 @@ MmaTerm<T> channel_term(const at::Tensor& a, const at::Tensor& x) {
 // launched) where the kernels cannot run.
 template <typename T>
 bool cam_forward_mma(const at::Tensor& x, const c10::optional<at::Tensor>& g, at::Tensor& attn, at::Tensor& out,
-                     cudaStream_t stream) {
-  if (!cam_mma_fits()) return false;
+                     bool tf32, cudaStream_t stream) {
+  if (!cam_mma_fits<T>()) return false;
   const int64_t batch = x.size(0), c = x.size(1), n = x.size(2);
   const auto xp = padded_rows(x, mma_row_stride({&x}));
   gram_mma<T>(xp, xp, n, attn, stream);
@@ -165,6 +172,7 @@ bool cam_forward_mma(const at::Tensor& x, const c10::optional<at::Tensor>& g, at
   p.alpha = ptr_or_null(g);
   p.r = g.has_value() ? x.data_ptr<T>() : nullptr;
   p.splits = 1;
+  p.tf32 = tf32;
   launch_gemm_mma<T, T, true>(p, stream);
   return true;
 }
@@ -174,8 +182,8 @@ bool cam_forward_mma(const at::Tensor& x, const c10::optional<at::Tensor>& g, at
 template <typename T>
 bool cam_backward_mma(const at::Tensor& dout, const at::Tensor& x, const at::Tensor& attn,
                       const c10::optional<at::Tensor>& g, at::Tensor& de, at::Tensor& rowpart, at::Tensor& dx,
-                      cudaStream_t stream) {
-  if (!cam_mma_fits()) return false;
+                      bool tf32, cudaStream_t stream) {
+  if (!cam_mma_fits<T>()) return false;
   const int64_t batch = x.size(0), c = x.size(1), n = x.size(2);
   const int64_t ld = mma_row_stride({&x, &dout});
   const auto xp = padded_rows(x, ld), dp = padded_rows(dout, ld);
@@ -196,6 +204,7 @@ bool cam_backward_mma(const at::Tensor& dout, const at::Tensor& x, const at::Ten
   p.c = dx.data_ptr<T>();
   p.r = g.has_value() ? dout.data_ptr<T>() : nullptr;
   p.splits = 1;
+  p.tf32 = tf32;
   launch_gemm_mma<T, T, true>(p, stream);
   return true;
 }
@@ -210,7 +219,7 @@ void check_cam_x(const at::Tensor& x) {
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> cam_forward(const at::Tensor& x,
-                                               const c10::optional<at::Tensor>& gamma) {
+                                               const c10::optional<at::Tensor>& gamma, bool tf32) {
   check_cam_x(x);
   const c10::cuda::CUDAGuard guard(x.device());
   const auto g = gamma_fp32(gamma, x);
@@ -223,11 +232,9 @@ std::tuple<at::Tensor, at::Tensor> cam_forward(const at::Tensor& x,
   }
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   DANET_DISPATCH(x.scalar_type(), "danet_ops.cam_forward", [&] {
-    // fp16/bf16 on mma.sync where the GPU allows; fp32, and half types before sm_80, on the
-    // 64x64 tile kernel (the seam where an fp32 tensor-core path would join).
-    if constexpr (!std::is_same<scalar_t, float>::value) {
-      if (cam_forward_mma<scalar_t>(x, g, attn, out, stream)) return;
-    }
+    // Every dtype on mma.sync where the GPU allows (fp32 as 3xTF32); GPUs before sm_80, and
+    // fp32 where its shared memory does not fit, on the 64x64 tile kernel.
+    if (cam_forward_mma<scalar_t>(x, g, attn, out, tf32, stream)) return;
     gram<scalar_t>(x, x, attn, stream);
     const int64_t rows = batch * c;
     cam_softmax_kernel<<<ceil_div(rows, THREADS / 32), THREADS, 0, stream>>>(
@@ -262,7 +269,7 @@ std::tuple<at::Tensor, at::Tensor> cam_forward(const at::Tensor& x,
 
 std::tuple<at::Tensor, at::Tensor> cam_backward(const at::Tensor& dout, const at::Tensor& x,
                                                 const at::Tensor& attn,
-                                                const c10::optional<at::Tensor>& gamma) {
+                                                const c10::optional<at::Tensor>& gamma, bool tf32) {
   check_cam_x(x);
   check_input(dout, "dout", 3);
   check_input(attn, "attn", 3);
@@ -284,9 +291,7 @@ std::tuple<at::Tensor, at::Tensor> cam_backward(const at::Tensor& dout, const at
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (x.numel() > 0) {
     DANET_DISPATCH(x.scalar_type(), "danet_ops.cam_backward", [&] {
-      if constexpr (!std::is_same<scalar_t, float>::value) {
-        if (cam_backward_mma<scalar_t>(dout, x, attn, g, de, rowpart, dx, stream)) return;
-      }
+      if (cam_backward_mma<scalar_t>(dout, x, attn, g, de, rowpart, dx, tf32, stream)) return;
       gram<scalar_t>(dout, x, de, stream);
       const int64_t rows = batch * c;
       cam_softmax_backward_kernel<<<ceil_div(rows, THREADS / 32), THREADS, 0, stream>>>(

@@ -9,20 +9,25 @@
 // leave the GPU idle; the partial sums are added in a fixed order by splitk_reduce_kernel,
 // so results are deterministic.
 //
-// fp16/bf16 on sm_80+: cam_gemm_mma_kernel, a block GEMM on the warp-level tensor-core
-// instructions of mma.cuh (mma.sync m16n8k16, fp32 accumulation; ldmatrix; cp.async
-// double-buffered 16-byte staging), in two layouts: the Gram products with both operands
-// k-contiguous rows of X and dout, and the C x N products A X and dX with B = X or dout
-// n-contiguous (ldmatrix .trans). Its A operands there are the fp32 C x C matrices rounded to
-// the input dtype by cam_operand_kernel: A for the forward, and for dX the two terms
-// (gamma A^T) dout + (dE + dE^T) X (one product of two terms, dE X + dE^T X folded). cam.cu
-// hands X and dout over as rows padded to a multiple of 8 positions (zeros) where N is not
-// one. fp32, and the half types on older GPUs, run gemm_kernel: a batched tiled GEMM with
-// generic strides (transposes read in place, up to three products summed into one output),
-// 64x64 tiles of tile.cuh, SIMT FMAs for fp32, WMMA for the half types. An fp32 tensor-core
-// path would be a third instantiation of the mma kernel's inner product (cam.cu's dispatch
-// keeps the seam: fp32 takes the tile kernel by an `if constexpr`). Both GEMMs end in the
-// same epilogue, C = alpha * acc + residual, or partial sums to the split-K workspace.
+// Every dtype on sm_80+ (where its shared memory fits): cam_gemm_mma_kernel, a block GEMM on
+// the warp-level tensor-core instructions of mma.cuh (fp32 accumulation; cp.async
+// double-buffered 16-byte staging), one kernel text whose operand handling follows the
+// element type as the PAM kernels' does: fp16/bf16 through ldmatrix into m16n8k16 MMAs;
+// fp32 through plain 32/64-bit shared loads into m16n8k8 TF32 MMAs as 3xTF32 (hi + lo
+// splits, fp32-accurate: the Gram entries are unscaled, ~ N x^2, and softmax(-E) needs them
+// at fp32 accuracy), or under MmaGemmArgs::tf32 (matmul precision "high"/"medium") A X and
+// dx as one TF32 product, the Gram products E and G always 3xTF32. Two layouts: the Gram
+// products with both operands k-contiguous rows of X and dout, and the C x N products A X
+// and dX with B = X or dout n-contiguous. Its A operands there are the fp32 C x C matrices
+// as [C, ceil8(C)] rows by cam_operand_kernel (rounded to the input dtype for the half
+// types): A for the forward, and for dX the two terms (gamma A^T) dout + (dE + dE^T) X (one
+// product of two terms, dE X + dE^T X folded). cam.cu hands X and dout over as rows padded
+// to a multiple of 8 positions (zeros) where N is not one. GPUs before sm_80 (and fp32
+// where its 110592 bytes of shared memory do not fit) run gemm_kernel: a batched tiled GEMM
+// with generic strides (transposes read in place, up to three products summed into one
+// output), 64x64 tiles of tile.cuh, SIMT FMAs for fp32, WMMA for the half types. Both GEMMs
+// end in the same epilogue, C = alpha * acc + residual, or partial sums to the split-K
+// workspace.
 #pragma once
 
 #include "mma.cuh"
@@ -113,7 +118,7 @@ __global__ void __launch_bounds__(THREADS) gemm_kernel(GemmArgs<TA, TB, TC, TR> 
   }
 }
 
-// ---- fp16/bf16 products on mma.sync -------------------------------------------------------
+// ---- the products on mma.sync (fp16/bf16 on m16n8k16, fp32 as 3xTF32 on m16n8k8) ---------
 
 namespace cam_mma {
 constexpr int WARPS = 4;
@@ -121,17 +126,30 @@ constexpr int BLOCK_THREADS = 32 * WARPS;
 constexpr int BM = 64;   // output rows per block; 2 x 2 warps, each 32 rows x 64 columns
 constexpr int BN = 128;  // output columns per block
 constexpr int BK = 64;   // reduction chunk of one pipeline stage
-// Shared rows padded by 8 elements (16 bytes), as in pam_kernels.cuh: the 8 row addresses
-// of an ldmatrix fall on distinct banks (144- and 272-byte pitches), every row starts on a
-// 16-byte boundary as ldmatrix and cp.async need.
-constexpr int KPITCH = BK + 8;  // rows along k: A [BM][KPITCH]; B [BN][KPITCH] when k-contiguous
-constexpr int NPITCH = BN + 8;  // rows along n: B [BK][NPITCH] when n-contiguous
+// Shared rows padded so that every row starts on a 16-byte boundary (ldmatrix, cp.async)
+// and the fragment loads are free of bank conflicts:
+//   rows along k, A [BM][KPITCH] and a k-contiguous B [BN][KPITCH]: BK + 8 elements for
+//   every type. Half types: 144 bytes, the 8 row addresses of an ldmatrix on distinct banks.
+//   fp32: 288 bytes = 8 banks mod 32, so the 64-bit loads of a half warp (rows g < 4 or
+//   g >= 4, columns 2t..2t+1: banks 8 g + 2 t + 0..1) are conflict-free.
+//   rows along n, an n-contiguous B [BK][NPITCH]: half types BN + 8 (272 bytes, ldmatrix as
+//   above); fp32 BN + 4 (528 bytes = 4 banks mod 32: the 32-bit loads of a warp, rows 2t
+//   (+1), columns g, fall on banks 8 t + g (+4), all distinct).
+constexpr int KPITCH = BK + 8;
+template <typename T>
+constexpr int npitch() { return sizeof(T) == 4 ? BN + 4 : BN + 8; }
 // Elements of one stage (A tile and B tile); two stages in dynamic shared memory.
+template <typename T>
 constexpr int stage_elems(bool b_n_major) {
-  return BM * KPITCH + (b_n_major ? BK * NPITCH : BN * KPITCH);
+  return BM * KPITCH + (b_n_major ? BK * npitch<T>() : BN * KPITCH);
 }
-// Bytes (2-byte elements): 55296 for the Gram products, 53248 for A X and dx.
-inline size_t smem_bytes(bool b_n_major) { return static_cast<size_t>(2 * stage_elems(b_n_major)) * 2; }
+// Bytes: half types 55296 for the Gram products, 53248 for A X and dx; fp32 110592 and
+// 104448 (within the 232448 a block may opt into on sm_90, 166912 on sm_80; the host checks,
+// cam_mma_fits in cam.cu).
+template <typename T>
+inline size_t smem_bytes(bool b_n_major) {
+  return static_cast<size_t>(2 * stage_elems<T>(b_n_major)) * sizeof(T);
+}
 }  // namespace cam_mma
 
 // One product term of cam_gemm_mma_kernel: sum_k A(m, k) B(k, n) for batch item b with
@@ -163,27 +181,47 @@ struct MmaGemmArgs {
   int splits;          // > 1: term[0]'s reduction split; partial sums to ws [splits, batch, m, n]
   int k_per_split;     // a multiple of BK when splits > 1
   float* ws;
+  // fp32, n-contiguous B (A X, dx): one TF32 MMA instead of 3xTF32, as torch's matmul
+  // precision "high" and "medium" allow. The Gram products (E, and G = dout X^T, the
+  // gradient of the energies) are always 3xTF32. Ignored for fp16/bf16.
+  bool tf32;
 };
 
 // One block per (64-row x 128-column output tile, batch item x split); warp w owns rows
 // 32 (w / 2) .. + 31 and columns 64 (w % 2) .. + 63 as 2 x 8 m16n8 accumulator fragments
 // (64 fp32 registers per thread). The reduction runs in chunks of BK over the terms in turn,
-// staged by 16-byte cp.async into two alternating stages (chunk j + 1 loads while chunk j
-// computes; one barrier before and one after each chunk's products), zero-filled past the
-// valid rows and columns, and reaches the tensor cores through ldmatrix: A, and a
-// k-contiguous B, plain; an n-contiguous B with .trans. Fragment layouts as in mma.cuh
-// (g = lane / 4, t = lane % 4). Dynamic shared memory: cam_mma::smem_bytes(B_N_MAJOR).
+// staged by 16-byte cp.async (8 half or 4 fp32 elements) into two alternating stages (chunk
+// j + 1 loads while chunk j computes; one barrier before and one after each chunk's
+// products), zero-filled past the valid rows and columns. Fragment layouts as in mma.cuh
+// (g = lane / 4, t = lane % 4). One kernel text for the three types; the operand handling
+// follows the element type, as in pam_kernels.cuh:
+//   fp16/bf16: ldmatrix into m16n8k16 MMAs: A, and a k-contiguous B, plain; an
+//     n-contiguous B with .trans.
+//   fp32: m16n8k8 TF32 MMAs on operands read by plain 32/64-bit shared loads (ldmatrix
+//     moves 16-bit elements), each split into TF32 hi + lo (split_tf32) and multiplied as
+//     3xTF32 (mma_tf32x3: error at the fp32 level, what softmax(-E) of unscaled Gram
+//     entries ~ N x^2 needs), or for A X and dx under p.tf32 as one TF32 product. The k
+//     order within each 8-step is permuted, as warp_p_yt does for P: logical k = t is
+//     position 2t, k = t + 4 is 2t + 1 (a sum over k does not care, as long as A and B
+//     agree). Then A's fragment is two 64-bit loads (rows g and g + 8, positions 2t, 2t + 1),
+//     a k-contiguous B's one (row n = g), an n-contiguous B's two 32-bit loads (rows 2t and
+//     2t + 1, column g); the pitches of cam_mma make all of them conflict-free.
+// Dynamic shared memory: cam_mma::smem_bytes<T>(B_N_MAJOR). __launch_bounds__'s minimum
+// blocks: fp32 2 (what its shared memory allows on sm_90), so that ptxas may use up to 255
+// registers (as pam_mma::min_blocks); the half types 0, no bound.
 template <typename T, typename TC, bool B_N_MAJOR>
-__global__ void __launch_bounds__(cam_mma::BLOCK_THREADS) cam_gemm_mma_kernel(MmaGemmArgs<T, TC> p) {
+__global__ void __launch_bounds__(cam_mma::BLOCK_THREADS, sizeof(T) == 4 ? 2 : 0)
+    cam_gemm_mma_kernel(MmaGemmArgs<T, TC> p) {
 #if DANET_HAS_MMA
   using namespace cam_mma;
-  using E = typename wmma_elem<T>::type;
-  constexpr int STAGE = stage_elems(B_N_MAJOR);
+  constexpr bool FP32 = std::is_same<T, float>::value;
+  constexpr int STAGE = stage_elems<T>(B_N_MAJOR);
+  constexpr int NPITCH = npitch<T>();
+  constexpr int V = 16 / static_cast<int>(sizeof(T));  // elements per 16-byte cp.async
   DANET_DYNAMIC_SMEM(smem);
   T* stages = reinterpret_cast<T*>(smem);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
-  const int lr = lane % 8, lm = lane / 8;  // ldmatrix: the row this lane addresses, of matrix lm
   const int wm = warp / 2, wn = warp % 2;
   const int n0 = blockIdx.x * BN, m0 = blockIdx.y * BM;
   const int b = blockIdx.z / p.splits, split = blockIdx.z % p.splits;
@@ -212,23 +250,23 @@ __global__ void __launch_bounds__(cam_mma::BLOCK_THREADS) cam_gemm_mma_kernel(Mm
     const int k_pad = (kend + 7) / 8 * 8;
     const T* a = tm.a + b * tm.a_b;
     const T* bb = tm.b + b * tm.b_b;
-    for (int e = threadIdx.x; e < BM * (BK / 8); e += BLOCK_THREADS) {
-      const int r = e / (BK / 8), kk = 8 * (e % (BK / 8));
+    for (int e = threadIdx.x; e < BM * (BK / V); e += BLOCK_THREADS) {
+      const int r = e / (BK / V), kk = V * (e % (BK / V));
       const bool ok = m0 + r < p.m && k0 + kk < k_pad;
       mma::cp_async_cg16(dst + r * KPITCH + kk, ok ? a + (int64_t)(m0 + r) * tm.lda + k0 + kk : tm.a,
                          ok ? 16 : 0);
     }
     T* bs = dst + BM * KPITCH;
     if constexpr (B_N_MAJOR) {
-      for (int e = threadIdx.x; e < BK * (BN / 8); e += BLOCK_THREADS) {
-        const int r = e / (BN / 8), nn = 8 * (e % (BN / 8));
+      for (int e = threadIdx.x; e < BK * (BN / V); e += BLOCK_THREADS) {
+        const int r = e / (BN / V), nn = V * (e % (BN / V));
         const bool ok = k0 + r < kend && n0 + nn < n_pad;
         mma::cp_async_cg16(bs + r * NPITCH + nn, ok ? bb + (int64_t)(k0 + r) * tm.ldb + n0 + nn : tm.b,
                            ok ? 16 : 0);
       }
     } else {
-      for (int e = threadIdx.x; e < BN * (BK / 8); e += BLOCK_THREADS) {
-        const int r = e / (BK / 8), kk = 8 * (e % (BK / 8));
+      for (int e = threadIdx.x; e < BN * (BK / V); e += BLOCK_THREADS) {
+        const int r = e / (BK / V), kk = V * (e % (BK / V));
         const bool ok = n0 + r < p.n && k0 + kk < k_pad;
         mma::cp_async_cg16(bs + r * KPITCH + kk, ok ? bb + (int64_t)(n0 + r) * tm.ldb + k0 + kk : tm.b,
                            ok ? 16 : 0);
@@ -262,23 +300,52 @@ __global__ void __launch_bounds__(cam_mma::BLOCK_THREADS) cam_gemm_mma_kernel(Mm
     int term, k0, kend;
     chunk(j, term, k0, kend);
     const int kv = min(BK, kend - k0);  // block-uniform; the staged tiles are zero from kv on
-    for (int kk = 0; kk < kv; kk += 16) {
-      uint32_t a[2][4];
-#pragma unroll
-      for (int i = 0; i < 2; ++i)
-        mma::ldmatrix_x4(a[i], as + (32 * wm + 16 * i + lr + 8 * (lm % 2)) * KPITCH + kk + 8 * (lm / 2));
-#pragma unroll
-      for (int np = 0; np < BN / 32; ++np) {  // 16 of the warp's columns: n tiles 2 np, 2 np + 1
-        uint32_t bf[4];
-        if constexpr (B_N_MAJOR) {
-          mma::ldmatrix_x4_trans(bf, bs + (kk + lr + 8 * (lm % 2)) * NPITCH + 64 * wn + 16 * np + 8 * (lm / 2));
-        } else {
-          mma::ldmatrix_x4(bf, bs + (64 * wn + 16 * np + lr + 8 * (lm / 2)) * KPITCH + kk + 8 * (lm % 2));
-        }
+    if constexpr (FP32) {
+      const bool exact = !B_N_MAJOR || !p.tf32;  // the Gram products always 3xTF32
+      for (int kk = 0; kk < kv; kk += 8) {
+        uint32_t a_hi[2][4], a_lo[2][4];  // a[0], a[2]: row g, positions 2t, 2t + 1; a[1], a[3]: row g + 8
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
-          mma::mma_16816<E>(acc[i][2 * np], a[i], bf[0], bf[1]);
-          mma::mma_16816<E>(acc[i][2 * np + 1], a[i], bf[2], bf[3]);
+          const float* ar = as + (32 * wm + 16 * i + g) * KPITCH + kk + 2 * t;
+          mma::ld_split_tf32_f2(ar, a_hi[i][0], a_lo[i][0], a_hi[i][2], a_lo[i][2]);
+          mma::ld_split_tf32_f2(ar + 8 * KPITCH, a_hi[i][1], a_lo[i][1], a_hi[i][3], a_lo[i][3]);
+        }
+#pragma unroll
+        for (int nt = 0; nt < BN / 16; ++nt) {  // the warp's 8-column tiles
+          uint32_t b_hi[2], b_lo[2];  // b[0]: position 2t, b[1]: 2t + 1, column g
+          if constexpr (B_N_MAJOR) {
+            const float* br = bs + (kk + 2 * t) * NPITCH + 64 * wn + 8 * nt + g;
+            mma::split_tf32(br[0], b_hi[0], b_lo[0]);
+            mma::split_tf32(br[NPITCH], b_hi[1], b_lo[1]);
+          } else {
+            mma::ld_split_tf32_f2(bs + (64 * wn + 8 * nt + g) * KPITCH + kk + 2 * t, b_hi[0], b_lo[0], b_hi[1],
+                                  b_lo[1]);
+          }
+#pragma unroll
+          for (int i = 0; i < 2; ++i) mma::mma_tf32x3(acc[i][nt], a_hi[i], a_lo[i], b_hi, b_lo, exact);
+        }
+      }
+    } else {
+      using E = typename wmma_elem<T>::type;
+      const int lr = lane % 8, lm = lane / 8;  // ldmatrix: the row this lane addresses, of matrix lm
+      for (int kk = 0; kk < kv; kk += 16) {
+        uint32_t a[2][4];
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+          mma::ldmatrix_x4(a[i], as + (32 * wm + 16 * i + lr + 8 * (lm % 2)) * KPITCH + kk + 8 * (lm / 2));
+#pragma unroll
+        for (int np = 0; np < BN / 32; ++np) {  // 16 of the warp's columns: n tiles 2 np, 2 np + 1
+          uint32_t bf[4];
+          if constexpr (B_N_MAJOR) {
+            mma::ldmatrix_x4_trans(bf, bs + (kk + lr + 8 * (lm % 2)) * NPITCH + 64 * wn + 16 * np + 8 * (lm / 2));
+          } else {
+            mma::ldmatrix_x4(bf, bs + (64 * wn + 16 * np + lr + 8 * (lm / 2)) * KPITCH + kk + 8 * (lm % 2));
+          }
+#pragma unroll
+          for (int i = 0; i < 2; ++i) {
+            mma::mma_16816<E>(acc[i][2 * np], a[i], bf[0], bf[1]);
+            mma::mma_16816<E>(acc[i][2 * np + 1], a[i], bf[2], bf[3]);
+          }
         }
       }
     }

@@ -11,6 +11,9 @@
 //                                small terms first), fp32-accurate; with exact = false the
 //                                single TF32 product a_hi b_hi
 //   ld_shared_f2(p, x0, x1)      one 64-bit shared-memory load of two floats (8-byte aligned)
+//   ld_split_tf32_f2(p, hi0, lo0, hi1, lo1)
+//                                ld_shared_f2 of p[0], p[1], each split_tf32: the fp32 operand
+//                                loads of the PAM and CAM mma kernels
 //   ldmatrix_x4(r, row)          ldmatrix.sync.aligned.m8n8.x4.shared.b16
 //   ldmatrix_x4_trans(r, row)    ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16
 //   cp_async_cg16 / _ca16        cp.async.{cg,ca}.shared.global 16 bytes, zero-filled past
@@ -220,6 +223,17 @@ __device__ __forceinline__ void ld_shared_f2(const float* p, float& x0, float& x
 __device__ __forceinline__ void split_tf32(float x, uint32_t& hi, uint32_t& lo) {
   hi = tf32_rna(x);
   lo = tf32_rna(x - uint_as_float(hi));
+}
+
+// Two consecutive fp32 elements of shared memory (8-byte aligned), p[0] and p[1], by one
+// 64-bit load, each split as split_tf32: the fp32 fragment loads of pam_kernels.cuh's
+// warp_p_yt (B) and cam_kernels.cuh's GEMM (A, and a k-contiguous B).
+__device__ __forceinline__ void ld_split_tf32_f2(const float* p, uint32_t& hi0, uint32_t& lo0, uint32_t& hi1,
+                                                 uint32_t& lo1) {
+  float x0, x1;
+  ld_shared_f2(p, x0, x1);
+  split_tf32(x0, hi0, lo0);
+  split_tf32(x1, hi1, lo1);
 }
 
 // d += a b with a = a_hi + a_lo, b = b_hi + b_lo (split_tf32 of each element): the lo * lo

@@ -464,11 +464,9 @@ __device__ __forceinline__ void warp_p_yt(float (&acc)[NC / 8][4], const float (
         if (16 * cp < valid) {
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
-            float y0, y1;
-            mma::ld_shared_f2(y + (16 * cp + 8 * h + g) * PITCH + 8 * nt + 2 * t, y0, y1);
             uint32_t b_hi[2], b_lo[2];
-            mma::split_tf32(y0, b_hi[0], b_lo[0]);
-            mma::split_tf32(y1, b_hi[1], b_lo[1]);
+            mma::ld_split_tf32_f2(y + (16 * cp + 8 * h + g) * PITCH + 8 * nt + 2 * t, b_hi[0], b_lo[0], b_hi[1],
+                                  b_lo[1]);
             mma::mma_tf32x3(acc[2 * cp + h], a_hi, a_lo, b_hi, b_lo, exact);
           }
         }

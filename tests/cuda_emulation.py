@@ -89,23 +89,26 @@ def pam_backward(lib, dout, q, k, v, gamma, o, lse, scale, legacy=False, tf32=Fa
     return dq, dk, dv, dgamma
 
 
-def cam_forward(lib, x, gamma, splits, legacy=False):
+def cam_forward(lib, x, gamma, splits, legacy=False, tf32=False):
     """-> (out, attn fp32 ``[B, C, C]``); ``splits`` > 1 splits the Gram's reduction over N
     (into at most ``splits`` parts, each a whole number of the kernel's reduction chunks).
 
-    fp16/bf16 run the mma.sync kernels as the extension does on sm_80+; ``legacy`` runs the
-    64x64 tile kernel instead (fp32's, and the half types' on older GPUs)."""
+    Every dtype runs the mma.sync kernels as the extension does on sm_80+ (fp32 as 3xTF32;
+    with ``tf32`` its A·X as one TF32 product, as under matmul precision "high"; the Gram
+    stays 3xTF32); ``legacy`` runs the 64x64 tile kernel instead (GPUs before sm_80)."""
     b, c, n = x.shape
     out, attn = torch.full_like(x, float("nan")), torch.full((b, c, c), float("nan"))
     ws = torch.empty(splits * b * c * c)
     i = ctypes.c_int
     _entry(lib, "emu_cam_forward", x.dtype)(
-        _ptr(x), _ptr(gamma), _ptr(out), _ptr(attn), _ptr(ws), i(b), i(c), i(n), i(splits), i(legacy))
+        _ptr(x), _ptr(gamma), _ptr(out), _ptr(attn), _ptr(ws), i(b), i(c), i(n), i(splits), i(legacy),
+        i(int(tf32)))
     return out, attn
 
 
-def cam_backward(lib, dout, x, attn, gamma, splits, legacy=False):
-    """-> (dx, dgamma); ``splits`` and ``legacy`` as for ``cam_forward``."""
+def cam_backward(lib, dout, x, attn, gamma, splits, legacy=False, tf32=False):
+    """-> (dx, dgamma); ``splits``, ``legacy`` and ``tf32`` (dx's product; G = dout·Xᵀ stays
+    3xTF32) as for ``cam_forward``."""
     b, c, n = x.shape
     dx, de = torch.full_like(x, float("nan")), torch.empty(b, c, c)
     rowpart, dgamma = torch.empty(b * c), torch.full((), float("nan"))
@@ -113,5 +116,5 @@ def cam_backward(lib, dout, x, attn, gamma, splits, legacy=False):
     i = ctypes.c_int
     _entry(lib, "emu_cam_backward", x.dtype)(
         _ptr(dout), _ptr(x), _ptr(attn), _ptr(gamma), _ptr(dx), _ptr(de), _ptr(rowpart),
-        _ptr(dgamma), _ptr(ws), i(b), i(c), i(n), i(splits), i(legacy))
+        _ptr(dgamma), _ptr(ws), i(b), i(c), i(n), i(splits), i(legacy), i(int(tf32)))
     return dx, dgamma

@@ -236,23 +236,22 @@ def test_emulated_pam_fp32_tf32_mode_is_plain_tf32(emulated_kernels, shape):
 @pytest.mark.parametrize(
     "dtype,shape,with_gamma,splits,legacy",
     [
-        (torch.float32, (2, 70, 131), True, 1, False),
-        (torch.float32, (1, 24, 300), False, 3, False),  # split-K Gram
-        (torch.float32, (2, 130, 67), True, 2, False),
-        # mma.sync (fp16/bf16 on sm_80+): ragged N (zero-padded rows) with a split-K Gram of
-        # two splits, the second under one 64-position chunk; C under one tile, no gamma;
-        # C = 96 (a 64-row tile and a half, under one 128-column tile) with N = 13 * 17 and
-        # batch 2; N a multiple of 8 (rows read in place) over two splits; a DANet-like
-        # C = 515 (not a multiple of 8: ragged operand rows, 9 x 5 output tiles, a last
-        # 3-channel reduction chunk; bf16 only, fp16 shares the code, and the emulation's
-        # time grows as C^2 N) at an odd N.
-        *[(dt, (1, 70, 131), True, 2, False) for dt in HALF],
-        *[(dt, (1, 24, 300), False, 1, False) for dt in HALF],
-        *[(dt, (2, 96, 221), True, 2, False) for dt in HALF],
-        *[(dt, (1, 40, 1024), True, 3, False) for dt in HALF],
+        # mma.sync (every dtype on sm_80+; fp32 as 3xTF32, its own pitches and 8-step
+        # fragments): ragged N (zero-padded rows) with a split-K Gram of two splits, the
+        # second under one 64-position chunk; C under one tile, no gamma; C = 96 (a 64-row
+        # tile and a half, under one 128-column tile) with N = 13 * 17 and batch 2; N a
+        # multiple of 8 (rows read in place) over two splits; a DANet-like C = 515 (not a
+        # multiple of 8: ragged operand rows, 9 x 5 output tiles, a last 3-channel reduction
+        # chunk; bf16 only, fp16 shares the code, and the emulation's time grows as C^2 N)
+        # at an odd N; fp32 also over two 64-row tiles and a split-K of three.
+        *[(dt, (1, 70, 131), True, 2, False) for dt in ALL],
+        *[(dt, (1, 24, 300), False, 1, False) for dt in ALL],
+        *[(dt, (2, 96, 221), True, 2, False) for dt in ALL],
+        *[(dt, (1, 40, 1024), True, 3, False) for dt in ALL],
         (torch.bfloat16, (1, 515, 45), True, 1, False),
-        # legacy: the half types on the 64x64 WMMA tile kernel (GPUs before sm_80)
-        *[(dt, (1, 70, 131), True, 2, True) for dt in HALF],
+        (torch.float32, (2, 130, 67), True, 3, False),
+        # legacy: the 64x64 tile kernel (GPUs before sm_80): fp32 SIMT, the half types WMMA
+        *[(dt, (1, 70, 131), True, 2, True) for dt in ALL],
     ],
 )
 def test_emulated_cam_kernels_match_chunked(emulated_kernels, dtype, shape, with_gamma, splits, legacy):
@@ -271,6 +270,26 @@ def test_emulated_cam_kernels_match_chunked(emulated_kernels, dtype, shape, with
     assert rel_err(dx, ref_dx) <= tol
     if gamma is not None:
         assert rel_err(dgamma, ref_dgamma) <= tol
+
+
+@pytest.mark.parametrize("shape,splits", [((1, 70, 131), 2), ((2, 96, 64), 1)])
+def test_emulated_cam_fp32_tf32_mode_is_plain_tf32(emulated_kernels, shape, splits):
+    """fp32 CAM with tf32 (matmul precision "high"/"medium"): A·X and dx as one TF32 MMA,
+    within the "cam-tf32" bounds and visibly not fp32-accurate (the flag reaches the kernel);
+    the Gram E, hence the attention, and G = dout·Xᵀ, hence dgamma, stay 3xTF32 (1e-5)."""
+    b, c, n = shape
+    out_tol, grad_tol = tolerance(torch.float32, "cam-tf32")
+    x = torch.randn(b, c, n) * (2.0 / n**0.5)
+    dout = torch.randn(b, c, n)
+    gamma = torch.tensor(0.7)
+    out, attn = cuda_emulation.cam_forward(emulated_kernels, x, gamma, splits, tf32=True)
+    ref_out, ref_attn = chunked.cam_forward(_d(x), _d(gamma))
+    assert rel_err(attn, ref_attn) <= 1e-5
+    assert 1e-5 < rel_err(out - x, ref_out - _d(x)) <= out_tol  # gamma A X alone: the TF32 part
+    dx, dgamma = cuda_emulation.cam_backward(emulated_kernels, dout, x, attn, gamma, splits, tf32=True)
+    ref_dx, ref_dgamma = chunked.cam_backward(_d(dout), _d(x), ref_attn, _d(gamma))
+    assert 1e-5 < rel_err(dx - dout, ref_dx - _d(dout)) <= grad_tol
+    assert rel_err(dgamma, ref_dgamma) <= 1e-5
 
 
 def test_emulated_kernels_stay_in_bounds_under_address_sanitizer(tmp_path):

@@ -153,6 +153,12 @@ def test_cam_matches_triton(dtype):
               reference="triton")
 
 
+def test_cam_fp32_high_precision():
+    # Matmul precision "high": A·X and dx as one TF32 MMA; the Gram and dout·Xᵀ stay 3xTF32.
+    torch.set_float32_matmul_precision("high")  # the float64 reference is unaffected
+    check_cam("cuda", (2, 512, 64, 64), device="cuda", magnitude=0.05, regime="cam-tf32")
+
+
 def test_cam_large_n_matches_chunked():
     check_cam("cuda", (1, 512, 32768), device="cuda", gamma=0.5, magnitude=0.01, reference="chunked")
 

@@ -1,6 +1,6 @@
 // CPU emulation entry points (fp32, fp16, bf16) for the kernels in ../pam_kernels.cuh and
 // ../cam_kernels.cuh, launched with the same grids and arguments as the host wrappers in
-// ../pam.cu and ../cam.cu (the half types on the mma.sync kernels, as on sm_80+, or with
+// ../pam.cu and ../cam.cu (every dtype on the mma.sync kernels, as on sm_80+, or with
 // legacy on the 64x64 tile kernels of older GPUs). Built and compared with the pure-PyTorch backend by
 // tests/test_cuda_build.py; plain g++ -std=c++20 -pthread, no CUDA or torch needed.
 // Also one warp's mma.sync / ldmatrix / cp.async of ../mma.cuh on given registers and
@@ -165,7 +165,7 @@ static void emu_gram(const T* xa, const T* xb, float* out, float* ws, int batch,
   }
 }
 
-// ---- CAM's fp16/bf16 path on mma.sync, as ../cam.cu runs it on sm_80+ ----
+// ---- CAM on mma.sync (fp32 as 3xTF32), as ../cam.cu runs it on sm_80+ ----
 
 // x [B, C, N] as padded_rows hands it to the kernels: used in place when N is a multiple of
 // 8 and the buffer 16-byte aligned, else copied into zero-padded rows of ld = ceil8(N).
@@ -184,16 +184,12 @@ struct MmaRows {
 };
 static bool aligned16(const void* x) { return reinterpret_cast<uintptr_t>(x) % 16 == 0; }
 
-template <typename T>
-static void emu_launch_mma(const MmaGemmArgs<T, float>& p) {
+// B_N_MAJOR: the C x N products (A X, dx); else the Gram products.
+template <bool B_N_MAJOR, typename T, typename TC>
+static void emu_launch_mma(const MmaGemmArgs<T, TC>& p) {
   emu_launch(dim3(ceil_div(p.n, cam_mma::BN), ceil_div(p.m, cam_mma::BM), p.batch * p.splits),
-             cam_mma::BLOCK_THREADS, [&] { cam_gemm_mma_kernel<T, float, false>(p); },
-             cam_mma::smem_bytes(false));
-}
-template <typename T>
-static void emu_launch_mma(const MmaGemmArgs<T, T>& p) {
-  emu_launch(dim3(ceil_div(p.n, cam_mma::BN), ceil_div(p.m, cam_mma::BM), p.batch * p.splits),
-             cam_mma::BLOCK_THREADS, [&] { cam_gemm_mma_kernel<T, T, true>(p); }, cam_mma::smem_bytes(true));
+             cam_mma::BLOCK_THREADS, [&] { cam_gemm_mma_kernel<T, TC, B_N_MAJOR>(p); },
+             cam_mma::smem_bytes<T>(B_N_MAJOR));
 }
 
 template <typename T>
@@ -214,7 +210,7 @@ static void emu_gram_mma(const MmaRows<T>& xa, const MmaRows<T>& xb, float* out,
     p.k_per_split = per;
     p.ws = ws;
   }
-  emu_launch_mma(p);
+  emu_launch_mma<false>(p);
   if (p.splits > 1) {
     const int64_t total = (int64_t)batch * c * c;
     emu_launch(dim3(ceil_div(total, THREADS)), THREADS,
@@ -238,31 +234,31 @@ static MmaTerm<T> emu_channel_term(const std::vector<T>& a, const MmaRows<T>& x,
   return MmaTerm<T>{a.data(), (int64_t)c * lda, lda, x.p, (int64_t)c * x.ld, x.ld, c};
 }
 
-// legacy: the 64x64 tile kernel for every dtype (the half types take it only on GPUs before
-// sm_80); otherwise fp16/bf16 run the mma.sync kernels, as ../cam.cu dispatches on sm_80+.
+// legacy: the 64x64 tile kernel (GPUs before sm_80, and fp32 where the mma kernel's shared
+// memory does not fit); otherwise the mma.sync kernels, as ../cam.cu dispatches on sm_80+
+// (fp32 as 3xTF32; with tf32 its A X, and dx in the backward, as one TF32 product).
 template <typename T>
 static void cam_forward(const T* x, const float* gamma, T* out, float* attn, float* ws,
-                        int batch, int c, int n, int splits, bool legacy = false) {
+                        int batch, int c, int n, int splits, bool legacy = false, bool tf32 = false) {
   const int64_t rows = (int64_t)batch * c;
-  if constexpr (!std::is_same<T, float>::value) {
-    if (!legacy) {
-      const MmaRows<T> xr(x, batch * c, n, n % 8 == 0 && aligned16(x));
-      emu_gram_mma(xr, xr, attn, ws, batch, c, n, splits);
-      emu_launch(dim3(ceil_div(rows, THREADS / 32)), THREADS, [&] { cam_softmax_kernel(attn, rows, c); });
-      const auto a = emu_operand<T, CamOperand::copy>(attn, nullptr, batch, c);
-      MmaGemmArgs<T, T> p{};
-      p.term[0] = emu_channel_term(a, xr, c);
-      p.nterms = 1;
-      p.batch = batch;
-      p.m = c;
-      p.n = n;
-      p.c = out;
-      p.alpha = gamma;
-      p.r = gamma ? x : nullptr;
-      p.splits = 1;
-      emu_launch_mma(p);
-      return;
-    }
+  if (!legacy) {
+    const MmaRows<T> xr(x, batch * c, n, n % 8 == 0 && aligned16(x));
+    emu_gram_mma(xr, xr, attn, ws, batch, c, n, splits);
+    emu_launch(dim3(ceil_div(rows, THREADS / 32)), THREADS, [&] { cam_softmax_kernel(attn, rows, c); });
+    const auto a = emu_operand<T, CamOperand::copy>(attn, nullptr, batch, c);
+    MmaGemmArgs<T, T> p{};
+    p.term[0] = emu_channel_term(a, xr, c);
+    p.nterms = 1;
+    p.batch = batch;
+    p.m = c;
+    p.n = n;
+    p.c = out;
+    p.alpha = gamma;
+    p.r = gamma ? x : nullptr;
+    p.splits = 1;
+    p.tf32 = tf32;
+    emu_launch_mma<true>(p);
+    return;
   }
   emu_gram(x, x, attn, ws, batch, c, n, splits);
   emu_launch(dim3(ceil_div(rows, THREADS / 32)), THREADS,
@@ -292,34 +288,30 @@ static void cam_forward(const T* x, const float* gamma, T* out, float* attn, flo
 template <typename T>
 static void cam_backward(const T* dout, const T* x, const float* attn, const float* gamma,
                          T* dx, float* de, float* rowpart, float* dgamma, float* ws, int batch,
-                         int c, int n, int splits, bool legacy = false) {
+                         int c, int n, int splits, bool legacy = false, bool tf32 = false) {
   const int64_t rows = (int64_t)batch * c;
   const int64_t cc = (int64_t)c * c, cn = (int64_t)c * n;
-  bool done = false;
-  if constexpr (!std::is_same<T, float>::value) {
-    if (!legacy) {
-      const bool direct = n % 8 == 0 && aligned16(x) && aligned16(dout);
-      const MmaRows<T> xr(x, batch * c, n, direct), dr(dout, batch * c, n, direct);
-      emu_gram_mma(dr, xr, de, ws, batch, c, n, splits);
-      emu_launch(dim3(ceil_div(rows, THREADS / 32)), THREADS,
-                 [&] { cam_softmax_backward_kernel(attn, de, rowpart, gamma, rows, c); });
-      const auto a_t = emu_operand<T, CamOperand::transpose>(attn, gamma, batch, c);
-      const auto sym = emu_operand<T, CamOperand::symmetric>(de, nullptr, batch, c);
-      MmaGemmArgs<T, T> p{};
-      p.term[0] = emu_channel_term(a_t, dr, c);
-      p.term[1] = emu_channel_term(sym, xr, c);
-      p.nterms = 2;
-      p.batch = batch;
-      p.m = c;
-      p.n = n;
-      p.c = dx;
-      p.r = gamma ? dout : nullptr;
-      p.splits = 1;
-      emu_launch_mma(p);
-      done = true;
-    }
-  }
-  if (!done) {
+  if (!legacy) {
+    const bool direct = n % 8 == 0 && aligned16(x) && aligned16(dout);
+    const MmaRows<T> xr(x, batch * c, n, direct), dr(dout, batch * c, n, direct);
+    emu_gram_mma(dr, xr, de, ws, batch, c, n, splits);
+    emu_launch(dim3(ceil_div(rows, THREADS / 32)), THREADS,
+               [&] { cam_softmax_backward_kernel(attn, de, rowpart, gamma, rows, c); });
+    const auto a_t = emu_operand<T, CamOperand::transpose>(attn, gamma, batch, c);
+    const auto sym = emu_operand<T, CamOperand::symmetric>(de, nullptr, batch, c);
+    MmaGemmArgs<T, T> p{};
+    p.term[0] = emu_channel_term(a_t, dr, c);
+    p.term[1] = emu_channel_term(sym, xr, c);
+    p.nterms = 2;
+    p.batch = batch;
+    p.m = c;
+    p.n = n;
+    p.c = dx;
+    p.r = gamma ? dout : nullptr;
+    p.splits = 1;
+    p.tf32 = tf32;
+    emu_launch_mma<true>(p);
+  } else {
     emu_gram(dout, x, de, ws, batch, c, n, splits);
     emu_launch(dim3(ceil_div(rows, THREADS / 32)), THREADS,
                [&] { cam_softmax_backward_kernel(attn, de, rowpart, gamma, rows, c); });
@@ -350,8 +342,8 @@ static void cam_backward(const T* dout, const T* x, const float* attn, const flo
 }
 
 // C entry points: emu_pam_forward (fp32), emu_pam_forward_f16, emu_pam_forward_bf16, ...
-// The T-typed tensors are void* so that the three share one signature; tf32 (PAM, mma
-// path) is ignored for the half types.
+// The T-typed tensors are void* so that the three share one signature; tf32 (mma path) is
+// ignored for the half types and with legacy.
 #define DANET_EMU_EXPORT(SUFFIX, T)                                                             \
   extern "C" void emu_pam_forward##SUFFIX(const void* q, const void* k, const void* v,          \
                                           const void* residual, const float* gamma, void* out,  \
@@ -384,15 +376,16 @@ static void cam_backward(const T* dout, const T* x, const float* attn, const flo
   }                                                                                             \
   extern "C" void emu_cam_forward##SUFFIX(const void* x, const float* gamma, void* out,         \
                                           float* attn, float* ws, int batch, int c, int n,      \
-                                          int splits, int legacy) {                             \
-    cam_forward<T>((const T*)x, gamma, (T*)out, attn, ws, batch, c, n, splits, legacy != 0);    \
+                                          int splits, int legacy, int tf32) {                   \
+    cam_forward<T>((const T*)x, gamma, (T*)out, attn, ws, batch, c, n, splits, legacy != 0,     \
+                   tf32 != 0);                                                                  \
   }                                                                                             \
   extern "C" void emu_cam_backward##SUFFIX(                                                     \
       const void* dout, const void* x, const float* attn, const float* gamma, void* dx,         \
       float* de, float* rowpart, float* dgamma, float* ws, int batch, int c, int n,             \
-      int splits, int legacy) {                                                                 \
+      int splits, int legacy, int tf32) {                                                       \
     cam_backward<T>((const T*)dout, (const T*)x, attn, gamma, (T*)dx, de, rowpart, dgamma, ws,  \
-                    batch, c, n, splits, legacy != 0);                                          \
+                    batch, c, n, splits, legacy != 0, tf32 != 0);                               \
   }
 
 DANET_EMU_EXPORT(, float)

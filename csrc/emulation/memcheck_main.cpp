@@ -20,9 +20,10 @@ static std::vector<T> rnd(size_t n, std::mt19937& g) {
 
 // One dtype: PAM forward and backward on the mma.sync kernels (their dynamic shared memory
 // allocated to the exact size; fp32 with its own 4-byte layout and fragment loads, also in
-// the one-TF32-product mode), CAM's half-type products on their mma.sync kernels, and both
-// ops on the 64x64 tile kernels of GPUs before sm_80 (fp32 SIMT, the half types emulated
-// WMMA), so each layout is bounds-checked.
+// the one-TF32-product mode), CAM's products on their mma.sync kernel likewise (fp32 with its
+// own pitches and 3xTF32 fragment loads, also in the one-TF32-product mode), and both ops on
+// the 64x64 tile kernels of GPUs before sm_80 (fp32 SIMT, the half types emulated WMMA), so
+// each layout is bounds-checked.
 template <typename T>
 static void run_all(std::mt19937& g) {
   // Every tile edge, one size at a time around a ragged base: one under and over the output
@@ -59,14 +60,14 @@ static void run_all(std::mt19937& g) {
     std::vector<T> out(x.size()), dx(x.size());
     std::vector<float> gamma{0.5f}, attn((size_t)b * c * c), de((size_t)b * c * c);
     std::vector<float> rowpart((size_t)b * c), dg(1), ws((size_t)splits * b * c * c);
-    cam_forward<T>(x.data(), gamma.data(), out.data(), attn.data(), ws.data(), b, c, n, splits);
+    const bool tf32 = std::is_same<T, float>::value && c % 2 == 1;  // both fp32 modes, by shape
+    cam_forward<T>(x.data(), gamma.data(), out.data(), attn.data(), ws.data(), b, c, n, splits, /*legacy=*/false,
+                   tf32);
     cam_backward<T>(dout.data(), x.data(), attn.data(), gamma.data(), dx.data(), de.data(), rowpart.data(), dg.data(),
-                    ws.data(), b, c, n, splits);
-    if (!std::is_same<T, float>::value) {
-      cam_forward<T>(x.data(), gamma.data(), out.data(), attn.data(), ws.data(), b, c, n, splits, /*legacy=*/true);
-      cam_backward<T>(dout.data(), x.data(), attn.data(), gamma.data(), dx.data(), de.data(), rowpart.data(),
-                      dg.data(), ws.data(), b, c, n, splits, /*legacy=*/true);
-    }
+                    ws.data(), b, c, n, splits, /*legacy=*/false, tf32);
+    cam_forward<T>(x.data(), gamma.data(), out.data(), attn.data(), ws.data(), b, c, n, splits, /*legacy=*/true);
+    cam_backward<T>(dout.data(), x.data(), attn.data(), gamma.data(), dx.data(), de.data(), rowpart.data(), dg.data(),
+                    ws.data(), b, c, n, splits, /*legacy=*/true);
   }
 }
 

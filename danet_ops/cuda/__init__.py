@@ -2,10 +2,11 @@
 
 The extension is built on first use (``danet_ops.cuda.build``; about a minute, then cached)
 unless the install carries a prebuilt ``danet_ops._C``. Kernels: fp32 accumulation and
-fp32 softmax statistics for float32/float16/bfloat16 inputs; no float64. PAM in float32
-runs on TF32 tensor cores as 3xTF32 (fp32-accurate); under
-``torch.set_float32_matmul_precision("high")`` or ``"medium"`` its products other than the
-energies q·k run as one TF32 product (``_tf32``), as the Triton backend's do.
+fp32 softmax statistics for float32/float16/bfloat16 inputs; no float64. PAM and CAM in
+float32 run on TF32 tensor cores as 3xTF32 (fp32-accurate) on sm_80+; under
+``torch.set_float32_matmul_precision("high")`` or ``"medium"`` their products other than the
+energies (PAM's q·k, CAM's Gram X·Xᵀ and its gradient dout·Xᵀ) run as one TF32 product
+(``_tf32``), as the Triton backend's do.
 """
 from __future__ import annotations
 
@@ -39,8 +40,8 @@ def _c(t: Optional[Tensor]) -> Optional[Tensor]:
 
 
 def _tf32() -> bool:
-    # Whether fp32 PAM may run its non-energy products as plain TF32 (the user allowed it
-    # the PyTorch way); the energies stay 3xTF32 whatever the setting.
+    # Whether fp32 PAM and CAM may run their non-energy products as plain TF32 (the user
+    # allowed it the PyTorch way); the energies stay 3xTF32 whatever the setting.
     return torch.get_float32_matmul_precision() != "highest"
 
 
@@ -60,9 +61,9 @@ def pam_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, gamma: Optional[
 
 def cam_forward(x: Tensor, gamma: Optional[Tensor]) -> tuple[Tensor, Tensor]:
     """x ``[B, C, N]`` -> (out, attn fp32 ``[B, C, C]``)."""
-    return tuple(_ext().cam_forward(_c(x), _c(gamma)))
+    return tuple(_ext().cam_forward(_c(x), _c(gamma), _tf32()))
 
 
 def cam_backward(dout: Tensor, x: Tensor, attn: Tensor, gamma: Optional[Tensor]) -> tuple[Tensor, Tensor]:
     """-> (dx, dgamma)."""
-    return tuple(_ext().cam_backward(_c(dout), _c(x), _c(attn.float()), _c(gamma)))
+    return tuple(_ext().cam_backward(_c(dout), _c(x), _c(attn.float()), _c(gamma), _tf32()))
