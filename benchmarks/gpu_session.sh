@@ -92,7 +92,8 @@ run cuda-tests 100 $PY -m pytest -q -ra -m gpu -p no:cacheprovider "${XDIST[@]}"
   done; } > "$OUT/gpu_tests.txt"
 
 # d. sanitizers on small CUDA cases (the allocator's cache off, so memcheck sees every buffer)
-SMALL='(pam_matches_float64_reference and shape0 and dtype2) or (cam_matches_float64_reference and shape0 and dtype2 and True)'
+# The smallest shapes, bf16 and fp32 (each on its own mma.sync kernels).
+SMALL='(pam_matches_float64_reference or cam_matches_float64_reference) and shape0 and (dtype0 or dtype2) and not False'
 if (( DRY )) || ! command -v compute-sanitizer > /dev/null; then
   note "sanitizer: skipped (no GPU or no compute-sanitizer)"
   echo "skipped" > "$OUT/sanitizer.txt"

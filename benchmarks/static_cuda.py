@@ -10,11 +10,13 @@ headers; no GPU.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
 import sysconfig
 import tempfile
+import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -68,9 +70,11 @@ def main(argv=None) -> None:
     rows, logs = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for name in SOURCES:
-            print(f"compiling csrc/{name} for sm_90 ...", flush=True)
+            start = time.perf_counter()
             proc = subprocess.run(nvcc_command(REPO_ROOT / "csrc" / name, Path(tmp) / f"{name}.o"),
                                   capture_output=True, text=True)
+            print(f"csrc/{name}: compiled for sm_90 in {time.perf_counter() - start:.0f} s "
+                  f"(load average {os.getloadavg()[0]:.1f})", flush=True)
             if proc.returncode != 0:
                 sys.exit(f"nvcc failed on csrc/{name}:\n{proc.stderr[-4000:]}")
             log = "\n".join(line for line in proc.stderr.splitlines() if line.lstrip().startswith(
