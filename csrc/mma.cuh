@@ -8,8 +8,9 @@
 //   mma_tf32x3(d, a_hi, a_lo, b_hi, b_lo, exact)
 //                                d += a b of fp32 operands given as TF32 pairs (split_tf32):
 //                                three m16n8k8 MMAs a_lo b_hi + a_hi b_lo + a_hi b_hi (the
-//                                small terms first), fp32-accurate; with exact = false the
-//                                single TF32 product a_hi b_hi
+//                                small terms first, dropped where their sum is NaN: inf
+//                                inputs), fp32-accurate; with exact = false the single TF32
+//                                product a_hi b_hi
 //   ld_shared_f2(p, x0, x1)      one 64-bit shared-memory load of two floats (8-byte aligned)
 //   ld_split_tf32_f2(p, hi0, lo0, hi1, lo1)
 //                                ld_shared_f2 of p[0], p[1], each split_tf32: the fp32 operand
@@ -239,11 +240,18 @@ __device__ __forceinline__ void ld_split_tf32_f2(const float* p, uint32_t& hi0, 
 // d += a b with a = a_hi + a_lo, b = b_hi + b_lo (split_tf32 of each element): the lo * lo
 // term (2^-22 relative) is dropped, so the error is that of an fp32 product. exact = false
 // (fp32 under matmul precision "high"/"medium", products other than the energies): a_hi b_hi.
+// The two small terms are summed apart and dropped where that sum is NaN, as Triton's
+// tf32x3 does: for x = +-inf, split_tf32 gives hi = x and lo = inf - inf = NaN (and
+// inf * a zero lo is NaN too), so without the mask one inf input would turn the whole row
+// NaN where an fp32 product gives +-inf; a NaN input still propagates through a_hi b_hi.
 __device__ __forceinline__ void mma_tf32x3(float (&d)[4], const uint32_t (&a_hi)[4], const uint32_t (&a_lo)[4],
                                            const uint32_t (&b_hi)[2], const uint32_t (&b_lo)[2], bool exact) {
   if (exact) {
-    mma_1688_tf32(d, a_lo, b_hi);
-    mma_1688_tf32(d, a_hi, b_lo);
+    float small[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    mma_1688_tf32(small, a_lo, b_hi);
+    mma_1688_tf32(small, a_hi, b_lo);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) d[i] += small[i] == small[i] ? small[i] : 0.0f;
   }
   mma_1688_tf32(d, a_hi, b_hi);
 }
