@@ -289,12 +289,8 @@ __global__ void __launch_bounds__(cam_mma::BLOCK_THREADS, sizeof(T) == 4 ? 2 : 0
   for (int j = 0; j < total; ++j) {
     if (j + 1 < total) {  // prefetch the next chunk into the other stage
       stage(j + 1, stages + ((j + 1) % 2) * STAGE);
-      mma::cp_async_commit();
-      mma::cp_async_wait<1>();  // chunk j's group has landed
-    } else {
-      mma::cp_async_wait<0>();
     }
-    __syncthreads();
+    mma::cp_async_wait_stage(j + 1 < total);  // chunk j's group has landed
     const T* as = stages + (j % 2) * STAGE;
     const T* bs = as + BM * KPITCH;
     int term, k0, kend;

@@ -20,6 +20,8 @@
 //   cp_async_cg16 / _ca16        cp.async.{cg,ca}.shared.global 16 bytes, zero-filled past
 //                                src_bytes; cp_async_commit / cp_async_wait<N> for pipelines
 //   ld_global_128, st_global_128 one 128-bit global load / store (16-byte aligned addresses)
+//   cp_async_wait_stage(next)    a two-stage pipeline's wait and barrier (below)
+//   zero(f)                      accumulator fragments set to zero
 //   pack2<E>(lo, hi)             two fp32 -> one .b32 register of two E (lo in bits 0..15)
 //
 // E is __half or __nv_bfloat16 (wmma_elem<T>::type of the staged type T).
@@ -254,6 +256,28 @@ __device__ __forceinline__ void mma_tf32x3(float (&d)[4], const uint32_t (&a_hi)
     for (int i = 0; i < 4; ++i) d[i] += small[i] == small[i] ? small[i] : 0.0f;
   }
   mma_1688_tf32(d, a_hi, b_hi);
+}
+
+// The wait of a two-stage cp.async pipeline, once the caller has issued the next step's
+// copies into the other stage (next_issued) or has none left to issue (the last step):
+// this step's copies have landed and, after the barrier, every thread's are visible.
+__device__ __forceinline__ void cp_async_wait_stage(bool next_issued) {
+  if (next_issued) {
+    cp_async_commit();
+    cp_async_wait<1>();
+  } else {
+    cp_async_wait<0>();
+  }
+  __syncthreads();
+}
+
+// Accumulator fragments (N m16n8 tiles of 4 floats per lane) set to zero.
+template <int N>
+__device__ __forceinline__ void zero(float (&f)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) f[i][e] = 0.0f;
 }
 
 }  // namespace mma

@@ -529,31 +529,21 @@ pam_forward_mma_kernel(PamArgs<T> p, T* out, T* o_raw, float* lse_out) {
   float m[2] = {-INFINITY, -INFINITY};  // running row max (identical in the row's 4 lanes)
   float l[2] = {0.0f, 0.0f};            // this lane's part of the running row sum
   float o[CVT / 8][4];                  // O[i][c0 + 8 nc + 2t + e % 2]
-#pragma unroll
-  for (int nc = 0; nc < CVT / 8; ++nc)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) o[nc][e] = 0.0f;
+  mma::zero(o);
 
   for (int tile = 0; tile < tiles; ++tile) {
     const int j0 = tile * BN, st = tile % 2;
     if (tile + 1 < tiles) {  // prefetch the next tile into the other stage
       stage_async(ks + (st ^ 1) * cqkp * PITCH, k, cqkp, cqk, ld, j0 + BN);
       stage_async(vs + (st ^ 1) * CVT * PITCH, v, CVT, cv - c0, ld, j0 + BN);
-      mma::cp_async_commit();
-      mma::cp_async_wait<1>();  // this tile's group (and q's) has landed
-    } else {
-      mma::cp_async_wait<0>();
     }
-    __syncthreads();
+    mma::cp_async_wait_stage(tile + 1 < tiles);
     const T* kt = ks + st * cqkp * PITCH;
     const T* vt = vs + st * CVT * PITCH;
 
     // S[i][j] = sum_c q[c][i] k[c][j] (q and k channel-major).
     float s[BN / 8][4];
-#pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[nt][e] = 0.0f;
+    mma::zero(s);
     warp_xt_y(s, qs, kt, cqkp, true);
 
     // Online softmax on the fragments: row g (h = 0) and g + 8 (h = 1) of the warp, key
@@ -680,31 +670,21 @@ pam_dv_mma_kernel(PamArgs<T> p, T* dv) {
   mma::cp_async_commit();
 
   float acc[CVT / 8][4];  // dV[j][c0 + 8 nc + 2t + e % 2] / gamma
-#pragma unroll
-  for (int nc = 0; nc < CVT / 8; ++nc)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) acc[nc][e] = 0.0f;
+  mma::zero(acc);
 
   for (int tile = 0; tile < tiles; ++tile) {
     const int i0 = tile * BN, st = tile % 2;
     if (tile + 1 < tiles) {
       stage_async(qs + (st ^ 1) * cqkp * PITCH, q, cqkp, cqk, ld, i0 + BN);
       stage_async(ds + (st ^ 1) * CVT * PITCH, dout, CVT, cv - c0, ld, i0 + BN);
-      mma::cp_async_commit();
-      mma::cp_async_wait<1>();
-    } else {
-      mma::cp_async_wait<0>();
     }
-    __syncthreads();
+    mma::cp_async_wait_stage(tile + 1 < tiles);
     const T* qt = qs + st * cqkp * PITCH;
     const T* dt = ds + st * CVT * PITCH;
 
     // S^T[j][i] = sum_c k[c][j] q[c][i], addressed as the forward's q^T k.
     float s[BN / 8][4];
-#pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[nt][e] = 0.0f;
+    mma::zero(s);
     warp_xt_y(s, ks, qt, cqkp, true);
     // P^T[j][i]: key j = j0 + 16 warp + g + 8h (element 2h + e), query i = i0 + 8 nt + 2t + e.
 #pragma unroll
@@ -805,31 +785,19 @@ pam_dqk_mma_kernel(PamArgs<T> p, T* grad) {
 
   float s[BN / 8][4], dp[BN / 8][4];  // S and dP of the own rows and the other tile
   float acc[GC / 8][4];               // grad[o][c0 + 8 nc + 2t + e % 2]
-#pragma unroll
-  for (int nc = 0; nc < GC / 8; ++nc)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) acc[nc][e] = 0.0f;
+  mma::zero(acc);
 
   for (int step = 0; step < steps; ++step) {
     const int u = step / chunks, ch = step % chunks, buf = step % 2;
     if (step + 1 < steps) {
       load_step(step + 1);
-      mma::cp_async_commit();
-      mma::cp_async_wait<1>();
-    } else {
-      mma::cp_async_wait<0>();
     }
-    __syncthreads();
+    mma::cp_async_wait_stage(step + 1 < steps);
     const T* xut = xu + (u % 2) * cqkp * PITCH;
 
     if (ch == 0) {  // S = X^T X' over all Cqk; dP starts
-#pragma unroll
-      for (int nt = 0; nt < BN / 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          s[nt][e] = 0.0f;
-          dp[nt][e] = 0.0f;
-        }
+      mma::zero(s);
+      mma::zero(dp);
       warp_xt_y(s, xo, xut, cqkp, true);
     }
     {  // dP += Y^T Y' over this chunk's channels (chunk pairs past Cv hold zeros: skipped)
