@@ -324,7 +324,7 @@ def _danet_launches(variant: str) -> list[_Launch]:
     """Every Triton launch of PAM and CAM forward+backward at DANet's shapes, in one variant.
 
     Meta tensors: shapes, strides and dtypes as in a real step, no memory. PAM forward
-    runs in each variant (online, two_pass), PAM backward in each (split, fused), with
+    runs in each variant (online, two_pass; pointer and TMA loads), PAM backward in each (split, fused), with
     atomic and deterministic dQ; fp32 runs once more with exact FMA dots.
     """
     import torch
@@ -342,9 +342,12 @@ def _danet_launches(variant: str) -> list[_Launch]:
         q, k, v, x = t(b, cqk, n), t(b, cqk, n), t(b, cv, n), t(b, cv, n)
         gamma = t(dt=torch.float32)  # mmseg's Scale: an fp32 0-dim parameter
         for fwd in ("online", "two_pass"):  # every PAM forward variant (DANET_OPS_TRITON_PAM_FWD)
-            os.environ["DANET_OPS_TRITON_PAM_FWD"] = fwd
-            out, lse, o = backend.pam_forward(q, k, v, gamma, x, 1.0, True)
+            for loads in ("tma", "pointer"):  # with TMA and pointer loads (DANET_OPS_TRITON_LOADS)
+                os.environ["DANET_OPS_TRITON_PAM_FWD"] = fwd
+                os.environ["DANET_OPS_TRITON_LOADS"] = loads
+                out, lse, o = backend.pam_forward(q, k, v, gamma, x, 1.0, True)
         os.environ.pop("DANET_OPS_TRITON_PAM_FWD")
+        os.environ.pop("DANET_OPS_TRITON_LOADS")
         dout = t(b, cv, n)
         for bwd in ("split", "fused"):  # every PAM backward variant (DANET_OPS_TRITON_PAM_BWD)
             os.environ["DANET_OPS_TRITON_PAM_BWD"] = bwd
@@ -528,7 +531,10 @@ def _compile(task: dict) -> dict:
     fn = launch.kernel
     if launch.autotuned:
         fn = launch.kernel.fn
-        kwargs.update(_configs(launch)[task["config_index"]].all_kwargs())
+        config = _configs(launch)[task["config_index"]]
+        kwargs.update(config.all_kwargs())
+        if config.pre_hook is not None:  # e.g. the TMA descriptors' block shapes
+            config.pre_hook({**dict(zip(fn.arg_names, launch.args)), **kwargs})
     log = io.StringIO()
     start, cpu_start = time.perf_counter(), _cpu_seconds()
     with contextlib.redirect_stdout(log):

@@ -235,10 +235,11 @@ def test_variant_rows_follow_each_triton_row_and_name_real_switches(monkeypatch)
     from benchmarks import variants
     from danet_ops.triton import configs, pam
 
-    base = dict(shape="64x128", B=2, C=512)
+    base = dict(shape="64x128", B=2, C=512, N=8192)
     cfgs = [dict(base, op="pam", dtype="fp32", mode="fwdbwd", backend="eager"),
             dict(base, op="pam", dtype="fp32", mode="fwdbwd", backend="triton"),
             dict(base, op="pam", dtype="bf16", mode="fwd", backend="triton"),
+            dict(base, op="pam", dtype="bf16", mode="fwd", backend="triton", shape="97x97", N=9409),
             dict(base, op="cam", dtype="bf16", mode="fwdbwd", backend="triton")]
     got = [(c["op"], c["dtype"], c["mode"], c["backend"]) for c in variants.with_variants(cfgs)]
     assert got == [
@@ -249,9 +250,12 @@ def test_variant_rows_follow_each_triton_row_and_name_real_switches(monkeypatch)
         ("pam", "fp32", "fwdbwd", "triton[fp32=ieee]"),
         ("pam", "bf16", "fwd", "triton"),
         ("pam", "bf16", "fwd", "triton[fwd=two_pass]"),
+        ("pam", "bf16", "fwd", "triton[loads=tma]"),
+        ("pam", "bf16", "fwd", "triton"),  # N = 9409: rows TMA cannot read
+        ("pam", "bf16", "fwd", "triton[fwd=two_pass]"),
         ("cam", "bf16", "fwdbwd", "triton"),
     ]
-    readers = {pam.FWD_VARIANT_ENV: pam.forward_variant,
+    readers = {pam.FWD_VARIANT_ENV: pam.forward_variant, pam.LOADS_VARIANT_ENV: pam.load_variant,
                pam.BWD_VARIANT_ENV: lambda: pam.backward_variant(512, torch.bfloat16),
                configs.FP32_ENV: configs.fp32_exact_precision}
     for key in readers:

@@ -259,3 +259,99 @@ def test_fp32_at_danet_logit_magnitudes(variant, monkeypatch):
     run = check_pam("triton", 1, 16, 96, 221, device=DEVICE, magnitude=2.0, hw=(13, 17))
     logits = torch.einsum("bci,bcj->bij", run.inputs["q"].double(), run.inputs["k"].double())
     assert 40 < logits.abs().max() < 200
+
+
+# --- TMA loads (DANET_OPS_TRITON_LOADS=tma) --------------------------------------------------
+
+# N = 200 and 72: rows of 800/400 and 288/144 bytes (fp32/fp16), 16-byte aligned, so TMA can
+# read them; N = 221 (13x17) cannot, and runs the pointer kernels.
+TMA_SHAPES = [
+    pytest.param(2, 12, 96, 200, None, id="b2-cqk12-cv96-n200"),
+    pytest.param(1, 8, 160, 72, (8, 9), id="b1-cqk8-cv160-8x9"),
+]
+_FORWARD_KERNELS = ["_pam_fwd_kernel", "_pam_lse_kernel", "_pam_fwd_normalised_kernel"]
+
+
+def _launched_forward_kernels(monkeypatch) -> list:
+    """Names of the forward kernels launched from now on ("..._tma_kernel" for TMA loads)."""
+    from danet_ops.triton import pam
+
+    launched = []
+    for name in _FORWARD_KERNELS + [n.replace("_kernel", "_tma_kernel") for n in _FORWARD_KERNELS]:
+        tuner = getattr(pam, name)
+
+        def run(*args, _run=tuner.run, _name=name, **kwargs):
+            launched.append(_name)
+            return _run(*args, **kwargs)
+
+        monkeypatch.setattr(tuner, "run", run)
+    return launched
+
+
+@pytest.mark.parametrize("fwd", ["online", "two_pass"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("batch,cqk,cv,n,hw", TMA_SHAPES)
+def test_tma_loads_match_reference(batch, cqk, cv, n, hw, dtype, fwd, monkeypatch):
+    """Both forwards reading q, k, v through tensor descriptors: output and every gradient
+    against float64. Cqk = 12 and 8 pad to 16 channels and N to whole tiles: the descriptors'
+    zero fill must stand in for the pointer kernels' masks."""
+    from danet_ops.triton import pam
+
+    monkeypatch.setenv(pam.LOADS_VARIANT_ENV, "tma")
+    monkeypatch.setenv(pam.FWD_VARIANT_ENV, fwd)
+    launched = _launched_forward_kernels(monkeypatch)
+    check_pam("triton", batch, cqk, cv, n, dtype=dtype, device=DEVICE, scale=0.75, hw=hw)
+    two_pass = ["_pam_lse_tma_kernel", "_pam_fwd_normalised_tma_kernel"]
+    assert launched == (["_pam_fwd_tma_kernel"] if fwd == "online" else two_pass)
+
+
+def test_tma_loads_of_views_match_pointer_loads(monkeypatch):
+    """A channel slice of a wider tensor (its own batch stride and start, both 16-byte
+    aligned): the descriptors must not read the neighbouring channels into the padding."""
+    from danet_ops.triton import pam
+
+    q, k, v, gamma, residual = (t.detach() for t in pam_inputs(2, 12, 40, 60, device=DEVICE))
+    wide = torch.randn(2, 20, 60, device=DEVICE) * 30  # large neighbours: any leak shows
+    wide[:, 3:15] = q
+    q_view = wide[:, 3:15]
+    assert pam.tma_fits(q_view, k, v) and not q_view.is_contiguous()
+    monkeypatch.setenv(pam.LOADS_VARIANT_ENV, "pointer")
+    expected = pam.pam_forward(q, k, v, gamma, residual, 1.0, True)
+    monkeypatch.setenv(pam.LOADS_VARIANT_ENV, "tma")
+    launched = _launched_forward_kernels(monkeypatch)
+    got = pam.pam_forward(q_view, k, v, gamma, residual, 1.0, True)
+    assert launched == ["_pam_fwd_tma_kernel"]
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_tma_loads_fall_back_to_pointers(monkeypatch):
+    """Where TMA cannot read the tensors (rows not 16-byte aligned, N not the unit-stride
+    dimension) or with exact FMA dots, the pointer kernels run, with the same results."""
+    from danet_ops.triton import pam
+
+    monkeypatch.setenv(pam.LOADS_VARIANT_ENV, "tma")
+    launched = _launched_forward_kernels(monkeypatch)
+    q, k, v, gamma, residual = (t.detach() for t in pam_inputs(1, 8, 40, 221, device=DEVICE))
+    assert not pam.tma_fits(q, k, v)  # 221 fp32 values: 884-byte rows
+    pam.pam_forward(q, k, v, gamma, residual, 1.0, True)
+    q, k, v, gamma, residual = (t.detach() for t in pam_inputs(1, 8, 40, 64, device=DEVICE))
+    assert pam.tma_fits(q, k, v)
+    assert not pam.tma_fits(q, k, _transposed_copy(v))
+    pam.pam_forward(q, k, _transposed_copy(v), gamma, residual, 1.0, True)
+    assert not pam.tma_fits(q[..., 1:], k[..., 1:], v[..., 1:])  # a start off 16 bytes
+    monkeypatch.setenv("DANET_OPS_TRITON_FP32", "ieee")
+    pam.pam_forward(q, k, v, gamma, residual, 1.0, True)
+    assert launched == ["_pam_fwd_kernel"] * 3
+
+
+def test_load_variant_choice(monkeypatch):
+    from danet_ops.triton import pam
+
+    monkeypatch.delenv(pam.LOADS_VARIANT_ENV, raising=False)
+    assert pam.load_variant() == "pointer"
+    monkeypatch.setenv(pam.LOADS_VARIANT_ENV, " TMA ")
+    assert pam.load_variant() == "tma"
+    monkeypatch.setenv(pam.LOADS_VARIANT_ENV, "bogus")
+    with pytest.raises(ValueError, match="DANET_OPS_TRITON_LOADS"):
+        pam.load_variant()

@@ -97,6 +97,24 @@ def test_two_pass_forward_half_ragged(dtype, monkeypatch):
     check_pam("triton", 2, 64, 512, 9409, dtype=dtype, device=DEVICE, hw=(97, 97))
 
 
+@pytest.mark.parametrize("fwd", ["online", "two_pass"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_tma_loads_at_danet_shape(dtype, fwd, monkeypatch):
+    """Both forwards with TMA loads (DANET_OPS_TRITON_LOADS=tma) at the Cityscapes training
+    crop (N = 8192: TMA-aligned in every dtype), gradients included, and the TMA kernels
+    are the ones that ran (the descriptors' block shapes come from the autotuner's pre-hook)."""
+    from danet_ops.triton import pam
+
+    monkeypatch.setenv(pam.LOADS_VARIANT_ENV, "tma")
+    monkeypatch.setenv(pam.FWD_VARIANT_ENV, fwd)
+    kernel = pam._pam_fwd_tma_kernel if fwd == "online" else pam._pam_fwd_normalised_tma_kernel
+    calls = []
+    run = kernel.run
+    monkeypatch.setattr(kernel, "run", lambda *a, **kw: calls.append(1) or run(*a, **kw))
+    check_pam("triton", 2, 64, 512, 8192, dtype=dtype, device=DEVICE)
+    assert calls
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 def test_large_n_against_chunked(dtype):

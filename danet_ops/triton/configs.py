@@ -86,7 +86,8 @@ def _by_dtype(half: list, fp32: list, ieee: list, dtype_arg: str) -> Callable:
     fp32, for exact FMA products when any dot of the launch is "ieee")."""
 
     def prune(configs, named_args, **kwargs):
-        dtype = named_args[dtype_arg].dtype
+        arg = named_args[dtype_arg]
+        dtype = getattr(arg, "base", arg).dtype  # a tensor, or a TMA descriptor of one
         if dtype in _HALF:
             chosen = half
         else:
@@ -107,6 +108,7 @@ def _by_dtype(half: list, fp32: list, ieee: list, dtype_arg: str) -> Callable:
 def autotune(
     *, half: list, fp32: list, interpreter: dict, key: Sequence[str], dtype_arg: str,
     ieee: Optional[list] = None, reset_to_zero: Optional[list] = None,
+    pre_hook: Optional[Callable] = None,
 ) -> Callable:
     """Decorator for a ``@triton.jit`` kernel: autotuned on a GPU, one config in the interpreter.
 
@@ -115,15 +117,22 @@ def autotune(
     ``dtype_arg`` names the kernel argument whose dtype picks the list. ``key`` should name
     the kernel's dot-precision constexprs too: TF32 and "ieee" tiles differ in registers
     and shared memory, so a choice made under one must not be reused under the other.
+    ``pre_hook`` runs before each launch with the config's arguments (Triton then keeps no
+    autotuning result on disk: a hook cannot be saved).
     """
     if interpreter_enabled():
-        return triton.autotune(configs=[triton.Config(interpreter, num_warps=4, num_stages=1)],
-                               key=list(key), reset_to_zero=reset_to_zero)
+        return triton.autotune(
+            configs=[triton.Config(interpreter, num_warps=4, num_stages=1, pre_hook=pre_hook)],
+            key=list(key), reset_to_zero=reset_to_zero)
     ieee = fp32 if ieee is None else ieee
     union = []
     for c in half + fp32 + ieee:
         if all(c is not u for u in union):
             union.append(c)
+    if pre_hook is not None:
+        hooked = {id(c): triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages,
+                                       pre_hook=pre_hook) for c in union}
+        half, fp32, ieee, union = ([hooked[id(c)] for c in cs] for cs in (half, fp32, ieee, union))
 
     def decorate(kernel):
         tuned = triton.autotune(

@@ -29,6 +29,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from danet_ops.triton import configs
 
@@ -147,6 +148,9 @@ BWD_VARIANT_ENV = "DANET_OPS_TRITON_PAM_BWD"
 # online softmax per (query block, v block); "two_pass" = an lse kernel, then exactly
 # normalised P per (query block, v block), no rescaling.
 FWD_VARIANT_ENV = "DANET_OPS_TRITON_PAM_FWD"
+# How the forward kernels load q, k, v (DANET_OPS_TRITON_LOADS, read at launch): "pointer"
+# = masked pointer loads; "tma" = tensor descriptors (sm_90+, aligned tensors only).
+LOADS_VARIANT_ENV = "DANET_OPS_TRITON_LOADS"
 FUSED_MAX_CV = 512
 
 
@@ -156,6 +160,33 @@ def _tune(half: list, fp32: list, ieee: list = (_SMALL,), interpreter: dict = _I
     unless ``small`` is False), or over ``fp32`` (3xTF32 dots), or ``ieee`` (exact FMA)."""
     return configs.autotune(half=half + [_SMALL] * small, fp32=list(fp32), ieee=list(ieee),
                             interpreter=interpreter, key=key, dtype_arg="Q", **kwargs)
+
+
+@triton.jit
+def _load_tile(
+    X, b, c0, n0, stride_b, stride_c, stride_n, C, N,
+    BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, N_MAJOR: tl.constexpr, TMA: tl.constexpr,
+):
+    """The tile X[b, c0:c0 + BLOCK_C, n0:n0 + BLOCK_N] of a channel-first [B, C, N] tensor,
+    zero past its edges, as [BLOCK_C, BLOCK_N] or, if N_MAJOR, [BLOCK_N, BLOCK_C].
+
+    X is a pointer, or with TMA a tensor descriptor of block [1, BLOCK_C, BLOCK_N] (a TMA
+    copy into shared memory, zero-filled out of bounds by the hardware)."""
+    if TMA:
+        tile = tl.reshape(X.load([b, c0, n0]), [BLOCK_C, BLOCK_N])
+        if N_MAJOR:
+            tile = tl.trans(tile)
+    else:
+        X += b.to(tl.int64) * stride_b
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        if N_MAJOR:
+            tile = tl.load(X + offs_n[:, None] * stride_n + offs_c[None, :] * stride_c,
+                           mask=(offs_n[:, None] < N) & (offs_c[None, :] < C), other=0.0)
+        else:
+            tile = tl.load(X + offs_c[:, None] * stride_c + offs_n[None, :] * stride_n,
+                           mask=(offs_c[:, None] < C) & (offs_n[None, :] < N), other=0.0)
+    return tile
 
 
 # --- forward -----------------------------------------------------------------------------
@@ -171,8 +202,8 @@ def _pam_fwd_kernel(
     stride_rb, stride_rc, stride_rn,
     N, CQK, CV, N_BUCKET, qk_scale,
     HAS_GAMMA: tl.constexpr, HAS_RESIDUAL: tl.constexpr, SAVE_O: tl.constexpr,
-    QK_PRECISION: tl.constexpr, MM_PRECISION: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr,
+    QK_PRECISION: tl.constexpr, MM_PRECISION: tl.constexpr, TMA: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
     """One program per (query block, v-channel block, batch item): out[:, c-block, m-block].
 
@@ -182,34 +213,28 @@ def _pam_fwd_kernel(
     FLOPs); a BLOCK_DV = 512 config holds the whole v width instead (minimal FLOPs, 16
     warps for the registers). The other variant is ``two_pass`` (below).
 
-    Outputs are contiguous [B, Cv, N] (Out, O) and [B, N] (Lse, written by v block 0).
+    Q, K, V are pointers, or with TMA tensor descriptors (``_load_tile``). Outputs are
+    contiguous [B, Cv, N] (Out, O) and [B, N] (Lse, written by v block 0).
     """
     pid_m = tl.program_id(0)
     pid_v = tl.program_id(1)
-    b = tl.program_id(2).to(tl.int64)
-    Q += b * stride_qb
-    K += b * stride_kb
-    V += b * stride_vb
-
+    b = tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_c = pid_v * BLOCK_DV + tl.arange(0, BLOCK_DV)
-    offs_d = tl.arange(0, BLOCK_D)
     mask_m = offs_m < N
     mask_c = offs_c < CV
-    mask_d = offs_d < CQK
 
     # Padded query rows and channels load as 0: finite energies, masked on store.
-    q = tl.load(Q + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qc,
-                mask=mask_m[:, None] & mask_d[None, :], other=0.0)  # [M, D]
+    q = _load_tile(Q, b, 0, pid_m * BLOCK_M, stride_qb, stride_qc, stride_qn, CQK, N,
+                   BLOCK_D, BLOCK_M, True, TMA)  # [M, D]
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running max, log2 units
     l_i = tl.zeros([BLOCK_M], tl.float32)  # running sum of exponentials
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     for start_n in range(0, N, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < N
-        kt = tl.load(K + offs_d[:, None] * stride_kc + offs_n[None, :] * stride_kn,
-                     mask=mask_d[:, None] & mask_n[None, :], other=0.0)  # [D, N]
+        mask_n = start_n + tl.arange(0, BLOCK_N) < N
+        kt = _load_tile(K, b, 0, start_n, stride_kb, stride_kc, stride_kn, CQK, N,
+                        BLOCK_D, BLOCK_N, False, TMA)  # [D, N]
         s = tl.dot(q, kt, input_precision=QK_PRECISION) * qk_scale
         s = tl.where(mask_n[None, :], s, float("-inf"))
         # Every key block holds at least one real column, so m_new is finite.
@@ -217,19 +242,19 @@ def _pam_fwd_kernel(
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(V + offs_n[:, None] * stride_vn + offs_c[None, :] * stride_vc,
-                    mask=mask_n[:, None] & mask_c[None, :], other=0.0)  # [N, DV]
+        v = _load_tile(V, b, pid_v * BLOCK_DV, start_n, stride_vb, stride_vc, stride_vn, CV, N,
+                       BLOCK_DV, BLOCK_N, True, TMA)  # [N, DV]
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=MM_PRECISION)
         m_i = m_new
 
     o = acc / l_i[:, None]
-    _store_forward(o, b, offs_m, offs_c, mask_m, mask_c, Gamma, Res, Out, O,
+    _store_forward(o, b.to(tl.int64), offs_m, offs_c, mask_m, mask_c, Gamma, Res, Out, O,
                    stride_rb, stride_rc, stride_rn, N, CV, HAS_GAMMA, HAS_RESIDUAL, SAVE_O)
     lse = (m_i + tl.log2(l_i)) * LN2  # natural log
     # A branch, not `mask_m & (pid_v == 0)`: triton 3.9's interpreter rejects a mask that
     # combines a tensor with a scalar bool.
     if pid_v == 0:
-        tl.store(Lse + b * N + offs_m, lse, mask=mask_m)
+        tl.store(Lse + b.to(tl.int64) * N + offs_m, lse, mask=mask_m)
 
 
 @triton.jit
@@ -265,34 +290,29 @@ def _pam_lse_kernel(
     stride_qb, stride_qc, stride_qn,
     stride_kb, stride_kc, stride_kn,
     N, CQK, N_BUCKET, qk_scale,
-    QK_PRECISION: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    QK_PRECISION: tl.constexpr, TMA: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Pass 1: lse = log Σ_j exp(S_ij) per query row, from q·k alone (2·N²·Cqk FLOPs, an
     eighth of the forward's in DANet), so that pass 2 needs no online rescaling."""
     pid_m = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    Q += b * stride_qb
-    K += b * stride_kb
-
+    b = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
     mask_m = offs_m < N
-    mask_d = offs_d < CQK
-    q = tl.load(Q + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qc,
-                mask=mask_m[:, None] & mask_d[None, :], other=0.0)  # [M, D]
+    q = _load_tile(Q, b, 0, pid_m * BLOCK_M, stride_qb, stride_qc, stride_qn, CQK, N,
+                   BLOCK_D, BLOCK_M, True, TMA)  # [M, D]
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running max, log2 units
     l_i = tl.zeros([BLOCK_M], tl.float32)
     for start_n in range(0, N, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < N
-        kt = tl.load(K + offs_d[:, None] * stride_kc + offs_n[None, :] * stride_kn,
-                     mask=mask_d[:, None] & mask_n[None, :], other=0.0)  # [D, N]
+        mask_n = start_n + tl.arange(0, BLOCK_N) < N
+        kt = _load_tile(K, b, 0, start_n, stride_kb, stride_kc, stride_kn, CQK, N,
+                        BLOCK_D, BLOCK_N, False, TMA)  # [D, N]
         s = tl.dot(q, kt, input_precision=QK_PRECISION) * qk_scale
         s = tl.where(mask_n[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s - m_new[:, None]), 1)
         m_i = m_new
-    tl.store(Lse + b * N + offs_m, (m_i + tl.log2(l_i)) * LN2, mask=mask_m)
+    tl.store(Lse + b.to(tl.int64) * N + offs_m, (m_i + tl.log2(l_i)) * LN2, mask=mask_m)
 
 
 @_tune(_FWD2_HALF, _FWD2_TF32X3)
@@ -305,8 +325,8 @@ def _pam_fwd_normalised_kernel(
     stride_rb, stride_rc, stride_rn,
     N, CQK, CV, N_BUCKET, qk_scale,
     HAS_GAMMA: tl.constexpr, HAS_RESIDUAL: tl.constexpr, SAVE_O: tl.constexpr,
-    QK_PRECISION: tl.constexpr, MM_PRECISION: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr,
+    QK_PRECISION: tl.constexpr, MM_PRECISION: tl.constexpr, TMA: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
     """Pass 2: out[:, c-block, m-block] with P = exp(S - lse) exactly normalised.
 
@@ -316,36 +336,62 @@ def _pam_fwd_normalised_kernel(
     """
     pid_m = tl.program_id(0)
     pid_v = tl.program_id(1)
-    b = tl.program_id(2).to(tl.int64)
-    Q += b * stride_qb
-    K += b * stride_kb
-    V += b * stride_vb
-
+    b = tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_c = pid_v * BLOCK_DV + tl.arange(0, BLOCK_DV)
-    offs_d = tl.arange(0, BLOCK_D)
     mask_m = offs_m < N
     mask_c = offs_c < CV
-    mask_d = offs_d < CQK
 
-    q = tl.load(Q + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qc,
-                mask=mask_m[:, None] & mask_d[None, :], other=0.0)  # [M, D]
+    q = _load_tile(Q, b, 0, pid_m * BLOCK_M, stride_qb, stride_qc, stride_qn, CQK, N,
+                   BLOCK_D, BLOCK_M, True, TMA)  # [M, D]
     # Padded query rows: q = 0 and lse = 0 give P = 1, finite, masked on store.
-    lse = tl.load(Lse + b * N + offs_m, mask=mask_m, other=0.0) * LOG2E  # log2 units
+    lse = tl.load(Lse + b.to(tl.int64) * N + offs_m, mask=mask_m, other=0.0) * LOG2E  # log2 units
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     for start_n in range(0, N, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < N
-        kt = tl.load(K + offs_d[:, None] * stride_kc + offs_n[None, :] * stride_kn,
-                     mask=mask_d[:, None] & mask_n[None, :], other=0.0)  # [D, N]
+        mask_n = start_n + tl.arange(0, BLOCK_N) < N
+        kt = _load_tile(K, b, 0, start_n, stride_kb, stride_kc, stride_kn, CQK, N,
+                        BLOCK_D, BLOCK_N, False, TMA)  # [D, N]
         s = tl.dot(q, kt, input_precision=QK_PRECISION) * qk_scale
         p = tl.exp2(s - lse[:, None])
         p = tl.where(mask_n[None, :], p, 0.0)
-        v = tl.load(V + offs_n[:, None] * stride_vn + offs_c[None, :] * stride_vc,
-                    mask=mask_n[:, None] & mask_c[None, :], other=0.0)  # [N, DV]
+        v = _load_tile(V, b, pid_v * BLOCK_DV, start_n, stride_vb, stride_vc, stride_vn, CV, N,
+                       BLOCK_DV, BLOCK_N, True, TMA)  # [N, DV]
         acc += tl.dot(p.to(v.dtype), v, input_precision=MM_PRECISION)
-    _store_forward(acc, b, offs_m, offs_c, mask_m, mask_c, Gamma, Res, Out, O,
+    _store_forward(acc, b.to(tl.int64), offs_m, offs_c, mask_m, mask_c, Gamma, Res, Out, O,
                    stride_rb, stride_rc, stride_rn, N, CV, HAS_GAMMA, HAS_RESIDUAL, SAVE_O)
+
+
+# --- the forward kernels with TMA loads (DANET_OPS_TRITON_LOADS=tma) ------------------------
+#
+# The same kernels, launched with tensor descriptors for q, k and v and TMA=True. Their own
+# autotuners: the descriptors' block shapes are set per config by a pre-hook, which keeps
+# Triton from caching the choice on disk, so the pointer launches stay apart and keep theirs.
+# Left out, measured with the sm_90 static compile: Triton's automatic warp specialisation
+# (`tl.range(..., warp_specialize=True)`) turns the 4-warp TMA configs into a producer and
+# two consumer groups (12 warps) on triton 3.6, but triton 3.8 fails to compile it at
+# M128 N64 DV64 w4 (descriptor block and tensor sizes differ in its pass), and an autotuner
+# stops at such a compile error.
+
+
+def _tma_block_shapes(nargs: dict) -> None:
+    """Autotuner pre-hook: the descriptors' block shapes for the config about to launch."""
+    nargs["Q"].block_shape = [1, nargs["BLOCK_D"], nargs["BLOCK_M"]]
+    nargs["K"].block_shape = [1, nargs["BLOCK_D"], nargs["BLOCK_N"]]
+    if "V" in nargs:
+        nargs["V"].block_shape = [1, nargs["BLOCK_DV"], nargs["BLOCK_N"]]
+
+
+def _tma(candidates: list) -> list:
+    """The candidates a TMA copy can serve: a box is at most 256 elements per dimension."""
+    return [c for c in candidates if max(c.kwargs.values()) <= 256]
+
+
+_pam_fwd_tma_kernel = _tune(_tma(_FWD_HALF), _FWD_TF32X3, pre_hook=_tma_block_shapes)(_pam_fwd_kernel.fn)
+_pam_lse_tma_kernel = _tune(_tma(_LSE_HALF), _LSE_TF32X3, ieee=_LSE_TF32X3[-1:], small=False, key=_KEY_LSE,
+                            interpreter={"BLOCK_M": 64, "BLOCK_N": 64},
+                            pre_hook=_tma_block_shapes)(_pam_lse_kernel.fn)
+_pam_fwd_normalised_tma_kernel = _tune(_tma(_FWD2_HALF), _FWD2_TF32X3,
+                                       pre_hook=_tma_block_shapes)(_pam_fwd_normalised_kernel.fn)
 
 
 # --- backward ----------------------------------------------------------------------------
@@ -678,21 +724,55 @@ def pam_forward(
     def grid(meta):
         return (triton.cdiv(n, meta["BLOCK_M"]), triton.cdiv(cv, meta["BLOCK_DV"]), batch)
 
-    kernel = _pam_fwd_kernel
+    # Exact FMA dots keep pointer loads: FMA-bound, and their small tile spills with TMA
+    # (sm_90, triton 3.8: 192-324 B).
+    tma = load_variant() == "tma" and qk_precision != "ieee" and tma_fits(q, k, v)
+    qa, ka, va = (_descriptor(t) for t in (q, k, v)) if tma else (q, k, v)
+    kernel = _pam_fwd_tma_kernel if tma else _pam_fwd_kernel
     if forward_variant() == "two_pass":
-        _pam_lse_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), batch)](
-            q, k, lse, *q.stride(), *k.stride(), n, cqk, configs.n_bucket(n), qk_scale,
-            QK_PRECISION=qk_precision, BLOCK_D=_block_d(cqk),
+        lse_kernel = _pam_lse_tma_kernel if tma else _pam_lse_kernel
+        lse_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), batch)](
+            qa, ka, lse, *q.stride(), *k.stride(), n, cqk, configs.n_bucket(n), qk_scale,
+            QK_PRECISION=qk_precision, TMA=tma, BLOCK_D=_block_d(cqk),
         )
-        kernel = _pam_fwd_normalised_kernel
+        kernel = _pam_fwd_normalised_tma_kernel if tma else _pam_fwd_normalised_kernel
     kernel[grid](
-        q, k, v, gamma if has_gamma else lse, res, out, o if keep_o else out, lse,
+        qa, ka, va, gamma if has_gamma else lse, res, out, o if keep_o else out, lse,
         *q.stride(), *k.stride(), *v.stride(), *res.stride(),
         n, cqk, cv, configs.n_bucket(n), qk_scale,
         HAS_GAMMA=has_gamma, HAS_RESIDUAL=has_residual, SAVE_O=keep_o,
-        QK_PRECISION=qk_precision, MM_PRECISION=mm_precision, BLOCK_D=_block_d(cqk),
+        QK_PRECISION=qk_precision, MM_PRECISION=mm_precision, TMA=tma, BLOCK_D=_block_d(cqk),
     )
     return out, lse, o
+
+
+def load_variant() -> str:
+    """How the forward kernels read q, k and v: ``pointer`` (default: masked loads, any
+    strides, any GPU) or ``tma`` (``DANET_OPS_TRITON_LOADS=tma``: tensor descriptors, copied
+    by the Hopper TMA unit; only where ``tma_fits`` and not with exact FMA dots, else
+    ``pointer``)."""
+    value = os.environ.get(LOADS_VARIANT_ENV, "pointer").strip().lower()
+    if value not in ("pointer", "tma"):
+        raise ValueError(f"{LOADS_VARIANT_ENV} must be 'pointer' or 'tma', got {value!r}")
+    return value
+
+
+def tma_fits(*tensors: Tensor) -> bool:
+    """Whether TMA can read these ``[B, C, N]`` tensors: an sm_90+ GPU (or the
+    interpreter), unit stride along N, and a 16-byte aligned start and other strides (so
+    N·itemsize a multiple of 16 for contiguous tensors: N = 9409 in bf16 is not)."""
+    for t in tensors:
+        if t.device.type == "cuda" and torch.cuda.get_device_capability(t.device)[0] < 9:
+            return False
+        size = t.element_size()
+        if t.stride(2) != 1 or t.data_ptr() % 16 or any(s <= 0 or s * size % 16 for s in t.stride()[:2]):
+            return False
+    return True
+
+
+def _descriptor(t: Tensor) -> TensorDescriptor:
+    # A placeholder block shape: the autotuner's pre-hook sets each config's.
+    return TensorDescriptor.from_tensor(t, [1, 16, 16])
 
 
 def forward_variant() -> str:
