@@ -187,6 +187,22 @@ struct MmaGemmArgs {
   bool tf32;
 };
 
+// dst[0] = x0 and, if both, dst[1] = x1, converted to T: one 2-element store when both
+// and paired (dst then aligned to two elements), else element by element.
+template <typename T>
+struct alignas(2 * sizeof(T)) TwoOf {
+  T v[2];
+};
+template <typename T>
+__device__ __forceinline__ void store_two(T* dst, float x0, float x1, bool both, bool paired) {
+  if (both && paired) {
+    *reinterpret_cast<TwoOf<T>*>(dst) = TwoOf<T>{{from_float<T>(x0), from_float<T>(x1)}};
+  } else {
+    dst[0] = from_float<T>(x0);
+    if (both) dst[1] = from_float<T>(x1);
+  }
+}
+
 // One block per (64-row x 128-column output tile, batch item x split); warp w owns rows
 // 32 (w / 2) .. + 31 and columns 64 (w % 2) .. + 63 as 2 x 8 m16n8 accumulator fragments
 // (64 fp32 registers per thread). The reduction runs in chunks of BK over the terms in turn,
@@ -348,23 +364,32 @@ __global__ void __launch_bounds__(cam_mma::BLOCK_THREADS, sizeof(T) == 4 ? 2 : 0
     __syncthreads();  // every warp is done with this stage before it is refilled
   }
 
+  // Each fragment row holds two adjacent columns (2t, 2t + 1): one paired store where n is
+  // even (then every even column starts a pair aligned to two elements), else one by one.
   const float alpha = scalar_or_one(p.alpha);
+  const bool paired = p.n % 2 == 0;
 #pragma unroll
   for (int i = 0; i < 2; ++i)
 #pragma unroll
     for (int nt = 0; nt < BN / 16; ++nt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int row = m0 + 32 * wm + 16 * i + g + 8 * (e / 2);
-        const int col = n0 + 64 * wn + 8 * nt + 2 * t + e % 2;
+      for (int h = 0; h < 2; ++h) {
+        const int row = m0 + 32 * wm + 16 * i + g + 8 * h;
+        const int col = n0 + 64 * wn + 8 * nt + 2 * t;
         if (row >= p.m || col >= p.n) continue;
+        const bool both = col + 1 < p.n;
         const int64_t idx = ((int64_t)b * p.m + row) * p.n + col;
+        float v0 = acc[i][nt][2 * h], v1 = acc[i][nt][2 * h + 1];
         if (p.splits > 1) {
-          p.ws[(int64_t)split * p.batch * p.m * p.n + idx] = acc[i][nt][e];
+          store_two(p.ws + (int64_t)split * p.batch * p.m * p.n + idx, v0, v1, both, paired);
         } else {
-          float val = alpha * acc[i][nt][e];
-          if (p.r) val += to_float(p.r[idx]);
-          p.c[idx] = from_float<TC>(val);
+          v0 *= alpha;
+          v1 *= alpha;
+          if (p.r) {
+            v0 += to_float(p.r[idx]);
+            if (both) v1 += to_float(p.r[idx + 1]);
+          }
+          store_two(p.c + idx, v0, v1, both, paired);
         }
       }
 #else
