@@ -367,10 +367,11 @@ def _pam_fwd_normalised_kernel(
 # autotuners: the descriptors' block shapes are set per config by a pre-hook, which keeps
 # Triton from caching the choice on disk, so the pointer launches stay apart and keep theirs.
 # Left out, measured with the sm_90 static compile: Triton's automatic warp specialisation
-# (`tl.range(..., warp_specialize=True)`) turns the 4-warp TMA configs into a producer and
-# two consumer groups (12 warps) on triton 3.6, but triton 3.8 fails to compile it at
-# M128 N64 DV64 w4 (descriptor block and tensor sizes differ in its pass), and an autotuner
-# stops at such a compile error.
+# (`tl.range(..., warp_specialize=True)`). It turns 4-warp TMA configs into a producer warp
+# and two consumer groups (12 warps), but its pass fails on triton 3.6 for every 3xTF32
+# config and aborts the process (an assertion in WSLowerToken.cpp) on the two-pass kernel
+# at M128 N64 DV64 w4 fp16, and triton 3.8 fails the one-pass kernel at that tile: an abort
+# is nothing an autotuner, or a user, can recover from.
 
 
 def _tma_block_shapes(nargs: dict) -> None:
