@@ -237,16 +237,23 @@ def test_two_pass_forward_contract_matches_one_pass(monkeypatch):
     assert o_plain.numel() == 0 and rel_err(out_plain, o_1) <= 1e-6
 
 
-def test_forward_variant_choice(monkeypatch):
+@pytest.mark.parametrize("env,read,default,other", [
+    ("FWD_VARIANT_ENV", "forward_variant", "online", "two_pass"),
+    ("LOADS_VARIANT_ENV", "load_variant", "pointer", "tma"),
+])
+def test_forward_variant_choice(env, read, default, other, monkeypatch):
+    """The forward's switches: a default when unset, any case and spacing, and a
+    ValueError naming the variable for anything else."""
     from danet_ops.triton import pam
 
-    monkeypatch.delenv(pam.FWD_VARIANT_ENV, raising=False)
-    assert pam.forward_variant() == "online"
-    monkeypatch.setenv(pam.FWD_VARIANT_ENV, " Two_Pass ")
-    assert pam.forward_variant() == "two_pass"
-    monkeypatch.setenv(pam.FWD_VARIANT_ENV, "bogus")
-    with pytest.raises(ValueError, match="DANET_OPS_TRITON_PAM_FWD"):
-        pam.forward_variant()
+    name, read = getattr(pam, env), getattr(pam, read)
+    monkeypatch.delenv(name, raising=False)
+    assert read() == default
+    monkeypatch.setenv(name, f" {other.title()} ")
+    assert read() == other
+    monkeypatch.setenv(name, "bogus")
+    with pytest.raises(ValueError, match=name):
+        read()
 
 
 @pytest.mark.parametrize("variant", ["online", "two_pass"])
@@ -343,15 +350,3 @@ def test_tma_loads_fall_back_to_pointers(monkeypatch):
     monkeypatch.setenv("DANET_OPS_TRITON_FP32", "ieee")
     pam.pam_forward(q, k, v, gamma, residual, 1.0, True)
     assert launched == ["_pam_fwd_kernel"] * 3
-
-
-def test_load_variant_choice(monkeypatch):
-    from danet_ops.triton import pam
-
-    monkeypatch.delenv(pam.LOADS_VARIANT_ENV, raising=False)
-    assert pam.load_variant() == "pointer"
-    monkeypatch.setenv(pam.LOADS_VARIANT_ENV, " TMA ")
-    assert pam.load_variant() == "tma"
-    monkeypatch.setenv(pam.LOADS_VARIANT_ENV, "bogus")
-    with pytest.raises(ValueError, match="DANET_OPS_TRITON_LOADS"):
-        pam.load_variant()
