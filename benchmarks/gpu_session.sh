@@ -17,6 +17,8 @@
 #                                                                      -> pam.md, cam.md
 # f. the autotuner's choices, and the compile count of one DANet step (run in the
 #    background from the start, in its own cold cache: its seconds include contention) -> autotune.txt
+# g. every target of the kernel issues, met or not, and each variant's speedup over the
+#    plain triton rows (benchmarks/targets.py)                        -> summary.txt
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0
@@ -109,7 +111,7 @@ fi
 # e. the headline benchmark: prewarm must be done (it competes for the GPU), then autotuned rows
 unset DANET_OPS_TRITON_CONFIG
 for pid in "${PIDS[@]}"; do wait "$pid"; done   # each under its own limit
-BUDGET=$(( $(left) - 45 ))
+BUDGET=$(( $(left) - 60 ))                      # and 15 s for g
 (( BUDGET < 20 )) && BUDGET=20
 run headline $(( BUDGET + 40 )) $PY -m benchmarks.gpu_headline --out "$W/results" --budget-s "$BUDGET" \
   --variants "${BENCH[@]}"
@@ -121,6 +123,12 @@ for f in pam.md cam.md; do [[ -n "$RES" && -f "$RES/$f" ]] && cp "$RES/$f" "$OUT
 if (( ! DRY )); then
   wait "$COUNT_PID"
   for pass in cold warm; do tail -1 "$W/compiles-$pass.log" >> "$OUT/autotune.txt"; done
+fi
+
+# g. the kernel issues' targets and each variant against plain triton, from the headline's rows
+if run targets 15 $PY -m benchmarks.targets "$W/results/rows.csv" --env "$OUT/env.txt" \
+     --sanitizer "$OUT/sanitizer.txt"; then
+  { echo "---- targets (python -m benchmarks.targets)"; cat "$W/targets.log"; } >> "$SUMMARY"
 fi
 
 tar czf "$OUT/logs.tar.gz" -C "$W" --exclude triton-cache --exclude count-cache --exclude danet-ops-cache . 2>/dev/null
