@@ -200,7 +200,7 @@ def _pam_fwd_kernel(
     stride_kb, stride_kc, stride_kn,
     stride_vb, stride_vc, stride_vn,
     stride_rb, stride_rc, stride_rn,
-    N, CQK, CV, N_BUCKET, qk_scale,
+    N, N_LOAD, CQK, CV, N_BUCKET, qk_scale,
     HAS_GAMMA: tl.constexpr, HAS_RESIDUAL: tl.constexpr, SAVE_O: tl.constexpr,
     QK_PRECISION: tl.constexpr, MM_PRECISION: tl.constexpr, TMA: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -225,7 +225,7 @@ def _pam_fwd_kernel(
     mask_c = offs_c < CV
 
     # Padded query rows and channels load as 0: finite energies, masked on store.
-    q = _load_tile(Q, b, 0, pid_m * BLOCK_M, stride_qb, stride_qc, stride_qn, CQK, N,
+    q = _load_tile(Q, b, 0, pid_m * BLOCK_M, stride_qb, stride_qc, stride_qn, CQK, N_LOAD,
                    BLOCK_D, BLOCK_M, True, TMA)  # [M, D]
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running max, log2 units
@@ -233,7 +233,7 @@ def _pam_fwd_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     for start_n in range(0, N, BLOCK_N):
         mask_n = start_n + tl.arange(0, BLOCK_N) < N
-        kt = _load_tile(K, b, 0, start_n, stride_kb, stride_kc, stride_kn, CQK, N,
+        kt = _load_tile(K, b, 0, start_n, stride_kb, stride_kc, stride_kn, CQK, N_LOAD,
                         BLOCK_D, BLOCK_N, False, TMA)  # [D, N]
         s = tl.dot(q, kt, input_precision=QK_PRECISION) * qk_scale
         s = tl.where(mask_n[None, :], s, float("-inf"))
@@ -242,7 +242,7 @@ def _pam_fwd_kernel(
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = _load_tile(V, b, pid_v * BLOCK_DV, start_n, stride_vb, stride_vc, stride_vn, CV, N,
+        v = _load_tile(V, b, pid_v * BLOCK_DV, start_n, stride_vb, stride_vc, stride_vn, CV, N_LOAD,
                        BLOCK_DV, BLOCK_N, True, TMA)  # [N, DV]
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=MM_PRECISION)
         m_i = m_new
@@ -289,7 +289,7 @@ def _pam_lse_kernel(
     Q, K, Lse,
     stride_qb, stride_qc, stride_qn,
     stride_kb, stride_kc, stride_kn,
-    N, CQK, N_BUCKET, qk_scale,
+    N, N_LOAD, CQK, N_BUCKET, qk_scale,
     QK_PRECISION: tl.constexpr, TMA: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -299,13 +299,13 @@ def _pam_lse_kernel(
     b = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < N
-    q = _load_tile(Q, b, 0, pid_m * BLOCK_M, stride_qb, stride_qc, stride_qn, CQK, N,
+    q = _load_tile(Q, b, 0, pid_m * BLOCK_M, stride_qb, stride_qc, stride_qn, CQK, N_LOAD,
                    BLOCK_D, BLOCK_M, True, TMA)  # [M, D]
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running max, log2 units
     l_i = tl.zeros([BLOCK_M], tl.float32)
     for start_n in range(0, N, BLOCK_N):
         mask_n = start_n + tl.arange(0, BLOCK_N) < N
-        kt = _load_tile(K, b, 0, start_n, stride_kb, stride_kc, stride_kn, CQK, N,
+        kt = _load_tile(K, b, 0, start_n, stride_kb, stride_kc, stride_kn, CQK, N_LOAD,
                         BLOCK_D, BLOCK_N, False, TMA)  # [D, N]
         s = tl.dot(q, kt, input_precision=QK_PRECISION) * qk_scale
         s = tl.where(mask_n[None, :], s, float("-inf"))
@@ -323,7 +323,7 @@ def _pam_fwd_normalised_kernel(
     stride_kb, stride_kc, stride_kn,
     stride_vb, stride_vc, stride_vn,
     stride_rb, stride_rc, stride_rn,
-    N, CQK, CV, N_BUCKET, qk_scale,
+    N, N_LOAD, CQK, CV, N_BUCKET, qk_scale,
     HAS_GAMMA: tl.constexpr, HAS_RESIDUAL: tl.constexpr, SAVE_O: tl.constexpr,
     QK_PRECISION: tl.constexpr, MM_PRECISION: tl.constexpr, TMA: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -342,19 +342,19 @@ def _pam_fwd_normalised_kernel(
     mask_m = offs_m < N
     mask_c = offs_c < CV
 
-    q = _load_tile(Q, b, 0, pid_m * BLOCK_M, stride_qb, stride_qc, stride_qn, CQK, N,
+    q = _load_tile(Q, b, 0, pid_m * BLOCK_M, stride_qb, stride_qc, stride_qn, CQK, N_LOAD,
                    BLOCK_D, BLOCK_M, True, TMA)  # [M, D]
     # Padded query rows: q = 0 and lse = 0 give P = 1, finite, masked on store.
     lse = tl.load(Lse + b.to(tl.int64) * N + offs_m, mask=mask_m, other=0.0) * LOG2E  # log2 units
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     for start_n in range(0, N, BLOCK_N):
         mask_n = start_n + tl.arange(0, BLOCK_N) < N
-        kt = _load_tile(K, b, 0, start_n, stride_kb, stride_kc, stride_kn, CQK, N,
+        kt = _load_tile(K, b, 0, start_n, stride_kb, stride_kc, stride_kn, CQK, N_LOAD,
                         BLOCK_D, BLOCK_N, False, TMA)  # [D, N]
         s = tl.dot(q, kt, input_precision=QK_PRECISION) * qk_scale
         p = tl.exp2(s - lse[:, None])
         p = tl.where(mask_n[None, :], p, 0.0)
-        v = _load_tile(V, b, pid_v * BLOCK_DV, start_n, stride_vb, stride_vc, stride_vn, CV, N,
+        v = _load_tile(V, b, pid_v * BLOCK_DV, start_n, stride_vb, stride_vc, stride_vn, CV, N_LOAD,
                        BLOCK_DV, BLOCK_N, True, TMA)  # [N, DV]
         acc += tl.dot(p.to(v.dtype), v, input_precision=MM_PRECISION)
     _store_forward(acc, b.to(tl.int64), offs_m, offs_c, mask_m, mask_c, Gamma, Res, Out, O,
@@ -725,6 +725,7 @@ def pam_forward(
     def grid(meta):
         return (triton.cdiv(n, meta["BLOCK_M"]), triton.cdiv(cv, meta["BLOCK_DV"]), batch)
 
+    q, k, v, n_load = aligned_rows(q, k, v)
     # Exact FMA dots keep pointer loads: FMA-bound, and their small tile spills with TMA
     # (sm_90, triton 3.8: 192-324 B).
     tma = load_variant() == "tma" and qk_precision != "ieee" and tma_fits(q, k, v)
@@ -733,18 +734,42 @@ def pam_forward(
     if forward_variant() == "two_pass":
         lse_kernel = _pam_lse_tma_kernel if tma else _pam_lse_kernel
         lse_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), batch)](
-            qa, ka, lse, *q.stride(), *k.stride(), n, cqk, configs.n_bucket(n), qk_scale,
+            qa, ka, lse, *q.stride(), *k.stride(), n, n_load, cqk, configs.n_bucket(n), qk_scale,
             QK_PRECISION=qk_precision, TMA=tma, BLOCK_D=_block_d(cqk),
         )
         kernel = _pam_fwd_normalised_tma_kernel if tma else _pam_fwd_normalised_kernel
     kernel[grid](
         qa, ka, va, gamma if has_gamma else lse, res, out, o if keep_o else out, lse,
         *q.stride(), *k.stride(), *v.stride(), *res.stride(),
-        n, cqk, cv, configs.n_bucket(n), qk_scale,
+        n, n_load, cqk, cv, configs.n_bucket(n), qk_scale,
         HAS_GAMMA=has_gamma, HAS_RESIDUAL=has_residual, SAVE_O=keep_o,
         QK_PRECISION=qk_precision, MM_PRECISION=mm_precision, TMA=tma, BLOCK_D=_block_d(cqk),
     )
     return out, lse, o
+
+
+def aligned_rows(*tensors: Tensor) -> tuple:
+    """The forward's inputs ``[B, C, N]``, zero-padded along N to a multiple of 16 unless N is
+    one: ``(*tensors, n_load)``, with n_load the padded length the kernels load up to.
+
+    Triton vectorises a load (and pipelines it through cp.async) only where it can prove
+    16-byte alignment and a mask constant over the vector: from strides and a load bound
+    divisible by 16. At N = 9409 (DANet's 97x97 crop) neither holds, and the forward compiles
+    for sm_90 to 192 two-byte loads and no cp.async instead of 12 128-bit loads and 36
+    cp.async per tile (bf16, M64 N64 DV128). The copies cost one read and write of q, k, v;
+    the padded keys are masked by N in the softmax, padded query rows never stored.
+    """
+    n = tensors[0].shape[2]
+    if n % 16 == 0:
+        return (*tensors, n)
+    n_load = (n + 15) // 16 * 16
+    padded = []
+    for t in tensors:
+        buf = t.new_empty((*t.shape[:2], n_load))
+        buf[..., :n].copy_(t)
+        buf[..., n:].zero_()
+        padded.append(buf)
+    return (*padded, n_load)
 
 
 def load_variant() -> str:
