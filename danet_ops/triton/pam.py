@@ -132,12 +132,12 @@ _BWD_DQ_HALF = [
 _PRE = [_C(4, 2, BLOCK_M=128, BLOCK_DV=64), _C(4, 2, BLOCK_M=64, BLOCK_DV=128)]
 # The fused backward holds a [BLOCK_N, Cv] fp32 dV accumulator (Cv <= 512) beside the
 # resident [BLOCK_N, Cv] v tile. Compiled for sm_90 in fp16/bf16, 8 warps: spill-free at
-# BLOCK_N = 32 (M32: 230-234 registers) and at M16 N64 (255); M32 N64 spills 40-84 B and
-# 16 warps hit the 128-register cap. fp32 spills kilobytes: fp16/bf16 only, opt-in, until
-# a GPU run says whether it pays. BLOCK_DV is unused there (the whole v width).
+# BLOCK_N = 32 (M32: 230-234 registers); M16 N64 sits at 255 and spills 4 B with the
+# ordered dQ, M32 N64 spills 40-84 B, and 16 warps hit the 128-register cap. fp32 spills
+# kilobytes: fp16/bf16 only, opt-in, until a GPU run says whether it pays. BLOCK_DV is
+# unused there (the whole v width).
 _BWD_FUSED_HALF = [
     _C(8, 2, BLOCK_M=32, BLOCK_N=32, BLOCK_DV=64),
-    _C(8, 2, BLOCK_M=16, BLOCK_N=64, BLOCK_DV=64),
     _C(8, 2, BLOCK_M=16, BLOCK_N=32, BLOCK_DV=64),
 ]
 # The backward variants (DANET_OPS_TRITON_PAM_BWD, read at launch): "split" = dV kernel per
@@ -440,7 +440,7 @@ def _pam_bwd_dv_kernel(
     stride_qb, stride_qc, stride_qn,
     stride_kb, stride_kc, stride_kn,
     stride_db, stride_dc, stride_dn,
-    N, CQK, CV, N_BUCKET, qk_scale,
+    N, N_LOAD, CQK, CV, N_BUCKET, qk_scale,
     HAS_GAMMA: tl.constexpr, QK_PRECISION: tl.constexpr, MM_PRECISION: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
@@ -452,31 +452,26 @@ def _pam_bwd_dv_kernel(
     pid_n = tl.program_id(0)
     pid_v = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
-    Q += b * stride_qb
-    K += b * stride_kb
-    Dout += b * stride_db
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_c = pid_v * BLOCK_DV + tl.arange(0, BLOCK_DV)
-    offs_d = tl.arange(0, BLOCK_D)
     mask_n = offs_n < N
     mask_c = offs_c < CV
-    mask_d = offs_d < CQK
 
-    k = tl.load(K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kc,
-                mask=mask_n[:, None] & mask_d[None, :], other=0.0)  # [N, D]
+    k = _load_tile(K, b, 0, pid_n * BLOCK_N, stride_kb, stride_kc, stride_kn, CQK, N_LOAD,
+                   BLOCK_D, BLOCK_N, True, False)  # [N, D]
     acc = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
     for start_m in range(0, N, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         mask_m = offs_m < N
-        qt = tl.load(Q + offs_d[:, None] * stride_qc + offs_m[None, :] * stride_qn,
-                     mask=mask_d[:, None] & mask_m[None, :], other=0.0)  # [D, M]
+        qt = _load_tile(Q, b, 0, start_m, stride_qb, stride_qc, stride_qn, CQK, N_LOAD,
+                        BLOCK_D, BLOCK_M, False, False)  # [D, M]
         lse = tl.load(Lse + b * N + offs_m, mask=mask_m, other=0.0) * LOG2E  # log2 units
         st = tl.dot(k, qt, input_precision=QK_PRECISION) * qk_scale
         pt = tl.exp2(st - lse[None, :])
         pt = tl.where(mask_n[:, None] & mask_m[None, :], pt, 0.0)  # [N, M]
-        dout = tl.load(Dout + offs_m[:, None] * stride_dn + offs_c[None, :] * stride_dc,
-                       mask=mask_m[:, None] & mask_c[None, :], other=0.0)  # [M, DV]
+        dout = _load_tile(Dout, b, pid_v * BLOCK_DV, start_m, stride_db, stride_dc, stride_dn, CV, N_LOAD,
+                          BLOCK_DV, BLOCK_M, True, False)  # [M, DV]
         acc += tl.dot(pt.to(dout.dtype), dout, input_precision=MM_PRECISION)
     if HAS_GAMMA:
         acc = acc * tl.load(Gamma).to(tl.float32)
@@ -492,7 +487,7 @@ def _pam_bwd_dk_kernel(
     stride_kb, stride_kc, stride_kn,
     stride_vb, stride_vc, stride_vn,
     stride_db, stride_dc, stride_dn,
-    N, CQK, CV, N_BUCKET, qk_scale, scale,
+    N, N_LOAD, CQK, CV, N_BUCKET, qk_scale, scale,
     HAS_GAMMA: tl.constexpr, ATOMIC_DQ: tl.constexpr,
     QK_PRECISION: tl.constexpr, MM_PRECISION: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -506,20 +501,16 @@ def _pam_bwd_dk_kernel(
     """
     pid_n = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
-    Q += b * stride_qb
-    K += b * stride_kb
-    V += b * stride_vb
-    Dout += b * stride_db
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     mask_n = offs_n < N
     mask_d = offs_d < CQK
 
-    k = tl.load(K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kc,
-                mask=mask_n[:, None] & mask_d[None, :], other=0.0)  # [N, D]
-    kt = tl.load(K + offs_d[:, None] * stride_kc + offs_n[None, :] * stride_kn,
-                 mask=mask_d[:, None] & mask_n[None, :], other=0.0)  # [D, N]
+    k = _load_tile(K, b, 0, pid_n * BLOCK_N, stride_kb, stride_kc, stride_kn, CQK, N_LOAD,
+                   BLOCK_D, BLOCK_N, True, False)  # [N, D]
+    kt = _load_tile(K, b, 0, pid_n * BLOCK_N, stride_kb, stride_kc, stride_kn, CQK, N_LOAD,
+                    BLOCK_D, BLOCK_N, False, False)  # [D, N]
     gamma = 1.0
     if HAS_GAMMA:
         gamma = tl.load(Gamma).to(tl.float32)
@@ -527,10 +518,10 @@ def _pam_bwd_dk_kernel(
     for start_m in range(0, N, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         mask_m = offs_m < N
-        qt = tl.load(Q + offs_d[:, None] * stride_qc + offs_m[None, :] * stride_qn,
-                     mask=mask_d[:, None] & mask_m[None, :], other=0.0)  # [D, M]
-        q = tl.load(Q + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qc,
-                    mask=mask_m[:, None] & mask_d[None, :], other=0.0)  # [M, D]
+        qt = _load_tile(Q, b, 0, start_m, stride_qb, stride_qc, stride_qn, CQK, N_LOAD,
+                        BLOCK_D, BLOCK_M, False, False)  # [D, M]
+        q = _load_tile(Q, b, 0, start_m, stride_qb, stride_qc, stride_qn, CQK, N_LOAD,
+                       BLOCK_D, BLOCK_M, True, False)  # [M, D]
         lse = tl.load(Lse + b * N + offs_m, mask=mask_m, other=0.0) * LOG2E  # log2 units
         delta = tl.load(Delta + b * N + offs_m, mask=mask_m, other=0.0)
         st = tl.dot(k, qt, input_precision=QK_PRECISION) * qk_scale
@@ -539,12 +530,10 @@ def _pam_bwd_dk_kernel(
 
         dpt = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
         for start_c in range(0, CV, BLOCK_DV):
-            offs_c = start_c + tl.arange(0, BLOCK_DV)
-            mask_c = offs_c < CV
-            v = tl.load(V + offs_n[:, None] * stride_vn + offs_c[None, :] * stride_vc,
-                        mask=mask_n[:, None] & mask_c[None, :], other=0.0)  # [N, DV]
-            doutt = tl.load(Dout + offs_c[:, None] * stride_dc + offs_m[None, :] * stride_dn,
-                            mask=mask_c[:, None] & mask_m[None, :], other=0.0)  # [DV, M]
+            v = _load_tile(V, b, start_c, pid_n * BLOCK_N, stride_vb, stride_vc, stride_vn, CV, N_LOAD,
+                           BLOCK_DV, BLOCK_N, True, False)  # [N, DV]
+            doutt = _load_tile(Dout, b, start_c, start_m, stride_db, stride_dc, stride_dn, CV, N_LOAD,
+                               BLOCK_DV, BLOCK_M, False, False)  # [DV, M]
             dpt += tl.dot(v, doutt, input_precision=MM_PRECISION)
         dst = pt * (dpt * gamma - delta[None, :]) * scale  # [N, M], fp32
         dk += tl.dot(dst.to(q.dtype), q, input_precision=MM_PRECISION)
@@ -564,7 +553,7 @@ def _pam_bwd_fused_kernel(
     stride_kb, stride_kc, stride_kn,
     stride_vb, stride_vc, stride_vn,
     stride_db, stride_dc, stride_dn,
-    N, CQK, CV, N_BUCKET, qk_scale, scale,
+    N, N_LOAD, CQK, CV, N_BUCKET, qk_scale, scale,
     HAS_GAMMA: tl.constexpr, ATOMIC_DQ: tl.constexpr,
     QK_PRECISION: tl.constexpr, MM_PRECISION: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_CV: tl.constexpr,
@@ -579,10 +568,6 @@ def _pam_bwd_fused_kernel(
     """
     pid_n = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
-    Q += b * stride_qb
-    K += b * stride_kb
-    V += b * stride_vb
-    Dout += b * stride_db
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -591,12 +576,12 @@ def _pam_bwd_fused_kernel(
     mask_d = offs_d < CQK
     mask_c = offs_c < CV
 
-    k = tl.load(K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kc,
-                mask=mask_n[:, None] & mask_d[None, :], other=0.0)  # [N, D]
-    kt = tl.load(K + offs_d[:, None] * stride_kc + offs_n[None, :] * stride_kn,
-                 mask=mask_d[:, None] & mask_n[None, :], other=0.0)  # [D, N]
-    v = tl.load(V + offs_n[:, None] * stride_vn + offs_c[None, :] * stride_vc,
-                mask=mask_n[:, None] & mask_c[None, :], other=0.0)  # [N, CV], resident
+    k = _load_tile(K, b, 0, pid_n * BLOCK_N, stride_kb, stride_kc, stride_kn, CQK, N_LOAD,
+                   BLOCK_D, BLOCK_N, True, False)  # [N, D]
+    kt = _load_tile(K, b, 0, pid_n * BLOCK_N, stride_kb, stride_kc, stride_kn, CQK, N_LOAD,
+                    BLOCK_D, BLOCK_N, False, False)  # [D, N]
+    v = _load_tile(V, b, 0, pid_n * BLOCK_N, stride_vb, stride_vc, stride_vn, CV, N_LOAD,
+                   BLOCK_CV, BLOCK_N, True, False)  # [N, CV], resident
     gamma = 1.0
     if HAS_GAMMA:
         gamma = tl.load(Gamma).to(tl.float32)
@@ -605,17 +590,17 @@ def _pam_bwd_fused_kernel(
     for start_m in range(0, N, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         mask_m = offs_m < N
-        qt = tl.load(Q + offs_d[:, None] * stride_qc + offs_m[None, :] * stride_qn,
-                     mask=mask_d[:, None] & mask_m[None, :], other=0.0)  # [D, M]
-        q = tl.load(Q + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qc,
-                    mask=mask_m[:, None] & mask_d[None, :], other=0.0)  # [M, D]
+        qt = _load_tile(Q, b, 0, start_m, stride_qb, stride_qc, stride_qn, CQK, N_LOAD,
+                        BLOCK_D, BLOCK_M, False, False)  # [D, M]
+        q = _load_tile(Q, b, 0, start_m, stride_qb, stride_qc, stride_qn, CQK, N_LOAD,
+                       BLOCK_D, BLOCK_M, True, False)  # [M, D]
         lse = tl.load(Lse + b * N + offs_m, mask=mask_m, other=0.0) * LOG2E  # log2 units
         delta = tl.load(Delta + b * N + offs_m, mask=mask_m, other=0.0)
         st = tl.dot(k, qt, input_precision=QK_PRECISION) * qk_scale
         pt = tl.exp2(st - lse[None, :])
         pt = tl.where(mask_n[:, None] & mask_m[None, :], pt, 0.0)  # [N, M]
-        dout = tl.load(Dout + offs_m[:, None] * stride_dn + offs_c[None, :] * stride_dc,
-                       mask=mask_m[:, None] & mask_c[None, :], other=0.0)  # [M, CV]
+        dout = _load_tile(Dout, b, 0, start_m, stride_db, stride_dc, stride_dn, CV, N_LOAD,
+                          BLOCK_CV, BLOCK_M, True, False)  # [M, CV]
         dv += tl.dot(pt.to(dout.dtype), dout, input_precision=MM_PRECISION)
         dpt = tl.dot(v, tl.trans(dout), input_precision=MM_PRECISION)  # [N, M]
         dst = pt * (dpt * gamma - delta[None, :]) * scale  # [N, M], fp32
@@ -638,7 +623,7 @@ def _pam_bwd_dq_kernel(
     stride_kb, stride_kc, stride_kn,
     stride_vb, stride_vc, stride_vn,
     stride_db, stride_dc, stride_dn,
-    N, CQK, CV, N_BUCKET, qk_scale, scale,
+    N, N_LOAD, CQK, CV, N_BUCKET, qk_scale, scale,
     HAS_GAMMA: tl.constexpr, QK_PRECISION: tl.constexpr, MM_PRECISION: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
@@ -649,18 +634,14 @@ def _pam_bwd_dq_kernel(
     """
     pid_m = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
-    Q += b * stride_qb
-    K += b * stride_kb
-    V += b * stride_vb
-    Dout += b * stride_db
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     mask_m = offs_m < N
     mask_d = offs_d < CQK
 
-    q = tl.load(Q + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qc,
-                mask=mask_m[:, None] & mask_d[None, :], other=0.0)  # [M, D]
+    q = _load_tile(Q, b, 0, pid_m * BLOCK_M, stride_qb, stride_qc, stride_qn, CQK, N_LOAD,
+                   BLOCK_D, BLOCK_M, True, False)  # [M, D]
     lse = tl.load(Lse + b * N + offs_m, mask=mask_m, other=0.0) * LOG2E  # log2 units
     delta = tl.load(Delta + b * N + offs_m, mask=mask_m, other=0.0)
     gamma = 1.0
@@ -670,22 +651,20 @@ def _pam_bwd_dq_kernel(
     for start_n in range(0, N, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
-        kt = tl.load(K + offs_d[:, None] * stride_kc + offs_n[None, :] * stride_kn,
-                     mask=mask_d[:, None] & mask_n[None, :], other=0.0)  # [D, N]
-        k = tl.load(K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kc,
-                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)  # [N, D]
+        kt = _load_tile(K, b, 0, start_n, stride_kb, stride_kc, stride_kn, CQK, N_LOAD,
+                        BLOCK_D, BLOCK_N, False, False)  # [D, N]
+        k = _load_tile(K, b, 0, start_n, stride_kb, stride_kc, stride_kn, CQK, N_LOAD,
+                       BLOCK_D, BLOCK_N, True, False)  # [N, D]
         s = tl.dot(q, kt, input_precision=QK_PRECISION) * qk_scale
         p = tl.exp2(s - lse[:, None])
         p = tl.where(mask_m[:, None] & mask_n[None, :], p, 0.0)  # [M, N]
 
         dp = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         for start_c in range(0, CV, BLOCK_DV):
-            offs_c = start_c + tl.arange(0, BLOCK_DV)
-            mask_c = offs_c < CV
-            dout = tl.load(Dout + offs_m[:, None] * stride_dn + offs_c[None, :] * stride_dc,
-                           mask=mask_m[:, None] & mask_c[None, :], other=0.0)  # [M, DV]
-            vt = tl.load(V + offs_c[:, None] * stride_vc + offs_n[None, :] * stride_vn,
-                         mask=mask_c[:, None] & mask_n[None, :], other=0.0)  # [DV, N]
+            dout = _load_tile(Dout, b, start_c, pid_m * BLOCK_M, stride_db, stride_dc, stride_dn, CV,
+                              N_LOAD, BLOCK_DV, BLOCK_M, True, False)  # [M, DV]
+            vt = _load_tile(V, b, start_c, start_n, stride_vb, stride_vc, stride_vn, CV, N_LOAD,
+                            BLOCK_DV, BLOCK_N, False, False)  # [DV, N]
             dp += tl.dot(dout, vt, input_precision=MM_PRECISION)
         ds = p * (dp * gamma - delta[:, None]) * scale  # [M, N], fp32
         dq += tl.dot(ds.to(k.dtype), k, input_precision=MM_PRECISION)
@@ -749,15 +728,15 @@ def pam_forward(
 
 
 def aligned_rows(*tensors: Tensor) -> tuple:
-    """The forward's inputs ``[B, C, N]``, zero-padded along N to a multiple of 16 unless N is
+    """The kernels' inputs ``[B, C, N]``, zero-padded along N to a multiple of 16 unless N is
     one: ``(*tensors, n_load)``, with n_load the padded length the kernels load up to.
 
     Triton vectorises a load (and pipelines it through cp.async) only where it can prove
     16-byte alignment and a mask constant over the vector: from strides and a load bound
     divisible by 16. At N = 9409 (DANet's 97x97 crop) neither holds, and the forward compiles
     for sm_90 to 192 two-byte loads and no cp.async instead of 12 128-bit loads and 36
-    cp.async per tile (bf16, M64 N64 DV128). The copies cost one read and write of q, k, v;
-    the padded keys are masked by N in the softmax, padded query rows never stored.
+    cp.async per tile (bf16, M64 N64 DV128). The copies cost one read and write of each
+    input; padded keys and queries are masked by N in P, and never stored.
     """
     n = tensors[0].shape[2]
     if n % 16 == 0:
@@ -841,19 +820,20 @@ def pam_backward(
     deterministic = torch.are_deterministic_algorithms_enabled()
     qk_precision, mm_precision = configs.dot_precisions(q.dtype)
     precisions = dict(QK_PRECISION=qk_precision, MM_PRECISION=mm_precision, BLOCK_D=_block_d(cqk))
-    sizes = (n, cqk, cv, configs.n_bucket(n))
     lse = lse.contiguous()  # indexed as [B, N] (it is, coming from pam_forward)
     gamma_arg = gamma if has_gamma else lse
 
     delta = torch.empty((batch, n), dtype=torch.float32, device=q.device)
     row_dot = torch.empty_like(delta) if has_gamma else delta
     _pam_bwd_preprocess_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), batch)](
-        dout, o, gamma_arg, delta, row_dot, *dout.stride(), *o.stride(), *sizes,
+        dout, o, gamma_arg, delta, row_dot, *dout.stride(), *o.stride(), n, cqk, cv, configs.n_bucket(n),
         HAS_GAMMA=has_gamma,
     )
 
     dv = torch.empty((batch, cv, n), dtype=v.dtype, device=v.device)
     dk = torch.empty((batch, cqk, n), dtype=k.dtype, device=k.device)
+    q, k, v, dout, n_load = aligned_rows(q, k, v, dout)
+    sizes = (n, n_load, cqk, cv, configs.n_bucket(n))
     if deterministic:
         dq = torch.empty((batch, cqk, n), dtype=q.dtype, device=q.device)
         dq_acc = dq  # unused by the dK kernels without ATOMIC_DQ
