@@ -335,14 +335,15 @@ def test_tma_loads_of_views_match_pointer_loads(monkeypatch):
 def test_tma_loads_fall_back_to_pointers(monkeypatch):
     """Where TMA cannot read the tensors (N not the unit-stride dimension, a start off 16
     bytes) or with exact FMA dots, the pointer kernels run. An N that is not a multiple of
-    16 is no reason: the forward pads it (``aligned_rows``), and TMA reads the copies."""
+    16 is no reason: the forward pads it (``pad_rows``), and TMA reads the copies."""
     from danet_ops.triton import pam
+    from danet_ops.triton.padding import pad_rows
 
     monkeypatch.setenv(pam.LOADS_VARIANT_ENV, "tma")
     launched = _launched_forward_kernels(monkeypatch)
     q, k, v, gamma, residual = (t.detach() for t in pam_inputs(1, 8, 40, 221, device=DEVICE))
     assert not pam.tma_fits(q, k, v)  # 221 fp32 values: 884-byte rows
-    assert pam.tma_fits(*pam.aligned_rows(q, k, v)[:3])
+    assert pam.tma_fits(*pad_rows(q, k, v)[:3])
     pam.pam_forward(q, k, v, gamma, residual, 1.0, True)
     q, k, v, gamma, residual = (t.detach() for t in pam_inputs(1, 8, 40, 64, device=DEVICE))
     assert pam.tma_fits(q, k, v)
@@ -354,18 +355,18 @@ def test_tma_loads_fall_back_to_pointers(monkeypatch):
     assert launched == ["_pam_fwd_tma_kernel"] + ["_pam_fwd_kernel"] * 2
 
 
-def test_forward_pads_rows_to_multiples_of_16():
-    """``aligned_rows``: N = 221 becomes 224 with the inputs in front and zeros behind, in
+def test_pad_rows_to_multiples_of_16():
+    """``pad_rows``: N = 221 becomes 224 with the inputs in front and zeros behind, in
     fresh contiguous buffers (so also for a transposed input); N = 64 is left alone."""
-    from danet_ops.triton import pam
+    from danet_ops.triton.padding import pad_rows
 
     q, k, v, _, _ = (t.detach() for t in pam_inputs(2, 8, 40, 221, device=DEVICE))
     v = _transposed_copy(v)
-    *padded, n_load = pam.aligned_rows(q, k, v)
+    *padded, n_load = pad_rows(q, k, v)
     assert n_load == 224
     for t, p in zip((q, k, v), padded):
         assert p.shape == (*t.shape[:2], 224) and p.is_contiguous()
         assert torch.equal(p[..., :221], t) and (p[..., 221:] == 0).all()
     q, k, v, _, _ = (t.detach() for t in pam_inputs(2, 8, 40, 64, device=DEVICE))
-    *same, n_load = pam.aligned_rows(q, k, v)
+    *same, n_load = pad_rows(q, k, v)
     assert n_load == 64 and all(a is b for a, b in zip(same, (q, k, v)))

@@ -52,6 +52,7 @@ import triton.language as tl
 from torch import Tensor
 
 from danet_ops.triton import configs, interpreter_enabled
+from danet_ops.triton.padding import pad_rows
 
 # --- configurations ------------------------------------------------------------------------
 #
@@ -197,25 +198,27 @@ def _cam_softmax_kernel(Part, Attn, C, S, BLOCK_R: tl.constexpr, BLOCK_C: tl.con
                   dtype_arg="X")
 @triton.jit
 def _cam_attn_x_kernel(
-    Attn, X, Gamma, Out, C, N, N_BUCKET,
+    Attn, X, Gamma, Out, C, N, N_LOAD, N_BUCKET,
     HAS_GAMMA: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Out[b, i, n] = γ·Σ_k A[b, i, k]·X[b, k, n] + X[b, i, n] (no γ, no + X without gamma).
 
     Grid: (C tiles, N tiles, batch). A is fp32; for half inputs its tile is cast to the
-    input dtype so the dot runs on tensor cores, accumulating in fp32.
+    input dtype so the dot runs on tensor cores, accumulating in fp32. X is [B, C, N_LOAD]
+    (zero-padded, ``danet_ops.triton.padding``), Out [B, C, N].
     """
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
     Attn += b * C * C
-    X += b * C * N
+    X += b * C * N_LOAD
     Out += b * C * N
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < C
     mask_n = offs_n < N
+    mask_load = offs_n < N_LOAD
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for start_k in range(0, C, BLOCK_K):
@@ -223,15 +226,16 @@ def _cam_attn_x_kernel(
         mask_k = offs_k < C
         a = tl.load(Attn + offs_m[:, None] * C + offs_k[None, :],
                     mask=mask_m[:, None] & mask_k[None, :], other=0.0)  # [M, K] fp32
-        x = tl.load(X + offs_k[:, None] * N + offs_n[None, :],
-                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)  # [K, N]
+        x = tl.load(X + offs_k[:, None] * N_LOAD + offs_n[None, :],
+                    mask=mask_k[:, None] & mask_load[None, :], other=0.0)  # [K, N]
         acc = tl.dot(a.to(x.dtype), x, acc, input_precision=PRECISION)
 
     mask = mask_m[:, None] & mask_n[None, :]
-    offs = offs_m[:, None] * N + offs_n[None, :]
     if HAS_GAMMA:
-        acc = tl.load(Gamma).to(tl.float32) * acc + tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(Out + offs, acc.to(Out.dtype.element_ty), mask=mask)
+        x = tl.load(X + offs_m[:, None] * N_LOAD + offs_n[None, :],
+                    mask=mask_m[:, None] & mask_load[None, :], other=0.0)
+        acc = tl.load(Gamma).to(tl.float32) * acc + x.to(tl.float32)
+    tl.store(Out + offs_m[:, None] * N + offs_n[None, :], acc.to(Out.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -267,7 +271,7 @@ def _cam_attn_grad_kernel(
                   dtype_arg="X")
 @triton.jit
 def _cam_dx_kernel(
-    Attn, DE, X, Dout, Gamma, DX, C, N, N_BUCKET,
+    Attn, DE, X, Dout, Gamma, DX, C, N, N_LOAD, N_BUCKET,
     HAS_GAMMA: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -276,20 +280,22 @@ def _cam_dx_kernel(
     Grid: (C tiles, N tiles, batch). Both products share one accumulator and one walk over
     k; dE + dEᵀ is formed from two loads of dE rather than stored. Aᵀ·dout runs in the
     input dtype (A ∈ [0, 1]); (dE + dEᵀ)·x multiplies fp32 operands since dE can leave
-    fp16's range. Without gamma: γ = 1 and no residual term.
+    fp16's range. Without gamma: γ = 1 and no residual term. X and Dout are [B, C, N_LOAD]
+    (zero-padded, ``danet_ops.triton.padding``), DX [B, C, N].
     """
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
     Attn += b * C * C
     DE += b * C * C
-    X += b * C * N
-    Dout += b * C * N
+    X += b * C * N_LOAD
+    Dout += b * C * N_LOAD
     DX += b * C * N
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < C
     mask_n = offs_n < N
+    mask_load = offs_n < N_LOAD
     gamma = 1.0
     if HAS_GAMMA:
         gamma = tl.load(Gamma).to(tl.float32)
@@ -299,20 +305,20 @@ def _cam_dx_kernel(
         offs_k = start_k + tl.arange(0, BLOCK_K)
         mask_k = offs_k < C
         mask_mk = mask_m[:, None] & mask_k[None, :]
-        mask_kn = mask_k[:, None] & mask_n[None, :]
+        mask_kn = mask_k[:, None] & mask_load[None, :]
         at = tl.load(Attn + offs_k[None, :] * C + offs_m[:, None], mask=mask_mk, other=0.0)  # [M, K]
         de_sym = (tl.load(DE + offs_m[:, None] * C + offs_k[None, :], mask=mask_mk, other=0.0)
                   + tl.load(DE + offs_k[None, :] * C + offs_m[:, None], mask=mask_mk, other=0.0))
-        dout = tl.load(Dout + offs_k[:, None] * N + offs_n[None, :], mask=mask_kn, other=0.0)  # [K, N]
-        x = tl.load(X + offs_k[:, None] * N + offs_n[None, :], mask=mask_kn, other=0.0)  # [K, N]
+        dout = tl.load(Dout + offs_k[:, None] * N_LOAD + offs_n[None, :], mask=mask_kn, other=0.0)  # [K, N]
+        x = tl.load(X + offs_k[:, None] * N_LOAD + offs_n[None, :], mask=mask_kn, other=0.0)  # [K, N]
         acc = tl.dot((gamma * at).to(dout.dtype), dout, acc, input_precision=PRECISION)
         acc = tl.dot(de_sym, x.to(tl.float32), acc, input_precision=PRECISION)
 
     mask = mask_m[:, None] & mask_n[None, :]
-    offs = offs_m[:, None] * N + offs_n[None, :]
     if HAS_GAMMA:
-        acc += tl.load(Dout + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(DX + offs, acc.to(DX.dtype.element_ty), mask=mask)
+        acc += tl.load(Dout + offs_m[:, None] * N_LOAD + offs_n[None, :],
+                       mask=mask_m[:, None] & mask_load[None, :], other=0.0).to(tl.float32)
+    tl.store(DX + offs_m[:, None] * N + offs_n[None, :], acc.to(DX.dtype.element_ty), mask=mask)
 
 
 # --- launch code -------------------------------------------------------------------------------
@@ -372,7 +378,8 @@ def cam_forward(x: Tensor, gamma: Optional[Tensor]) -> tuple[Tensor, Tensor]:
     """
     x = x.contiguous()
     batch, c, n = x.shape
-    part, splits = _gram_partials(x, x, symmetric=True)
+    xp, n_load = pad_rows(x)
+    part, splits = _gram_partials(xp, xp, symmetric=True)
 
     attn = torch.empty((batch, c, c), device=x.device, dtype=torch.float32)
     block_r, block_c, warps = _row_blocks(c)
@@ -386,7 +393,7 @@ def cam_forward(x: Tensor, gamma: Optional[Tensor]) -> tuple[Tensor, Tensor]:
     def grid(meta):
         return (triton.cdiv(c, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]), batch)
 
-    _cam_attn_x_kernel[grid](attn, x, gamma if has_gamma else x, out, c, n, configs.n_bucket(n),
+    _cam_attn_x_kernel[grid](attn, xp, gamma if has_gamma else x, out, c, n, n_load, configs.n_bucket(n),
                              HAS_GAMMA=has_gamma, PRECISION=configs.dot_precisions(x.dtype)[1])
     return out, attn
 
@@ -402,7 +409,8 @@ def cam_backward(dout: Tensor, x: Tensor, attn: Tensor, gamma: Optional[Tensor])
     attn = attn.contiguous()
     batch, c, n = x.shape
     has_gamma = gamma is not None
-    part, splits = _gram_partials(dout, x, symmetric=False)
+    dout_p, xp, n_load = pad_rows(dout, x)
+    part, splits = _gram_partials(dout_p, xp, symmetric=False)
 
     block_r, block_c, warps = _row_blocks(c)
     row_blocks = triton.cdiv(c, block_r)
@@ -418,7 +426,7 @@ def cam_backward(dout: Tensor, x: Tensor, attn: Tensor, gamma: Optional[Tensor])
     def grid(meta):
         return (triton.cdiv(c, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]), batch)
 
-    _cam_dx_kernel[grid](attn, d_energy, x, dout, gamma if has_gamma else x, dx, c, n,
+    _cam_dx_kernel[grid](attn, d_energy, xp, dout_p, gamma if has_gamma else x, dx, c, n, n_load,
                          configs.n_bucket(n), HAS_GAMMA=has_gamma,
                          PRECISION=configs.dot_precisions(x.dtype)[1])
     dgamma = dgamma_part.sum().to(gamma.dtype) if has_gamma else dout.new_empty(0)

@@ -32,6 +32,7 @@ from torch import Tensor
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from danet_ops.triton import configs
+from danet_ops.triton.padding import pad_rows
 
 # Kernels work in base 2 (exp2, log2); the contract's lse is in natural-log units.
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)  # log2(e)
@@ -704,7 +705,7 @@ def pam_forward(
     def grid(meta):
         return (triton.cdiv(n, meta["BLOCK_M"]), triton.cdiv(cv, meta["BLOCK_DV"]), batch)
 
-    q, k, v, n_load = aligned_rows(q, k, v)
+    q, k, v, n_load = pad_rows(q, k, v)
     # Exact FMA dots keep pointer loads: FMA-bound, and their small tile spills with TMA
     # (sm_90, triton 3.8: 192-324 B).
     tma = load_variant() == "tma" and qk_precision != "ieee" and tma_fits(q, k, v)
@@ -726,29 +727,6 @@ def pam_forward(
     )
     return out, lse, o
 
-
-def aligned_rows(*tensors: Tensor) -> tuple:
-    """The kernels' inputs ``[B, C, N]``, zero-padded along N to a multiple of 16 unless N is
-    one: ``(*tensors, n_load)``, with n_load the padded length the kernels load up to.
-
-    Triton vectorises a load (and pipelines it through cp.async) only where it can prove
-    16-byte alignment and a mask constant over the vector: from strides and a load bound
-    divisible by 16. At N = 9409 (DANet's 97x97 crop) neither holds, and the forward compiles
-    for sm_90 to 192 two-byte loads and no cp.async instead of 12 128-bit loads and 36
-    cp.async per tile (bf16, M64 N64 DV128). The copies cost one read and write of each
-    input; padded keys and queries are masked by N in P, and never stored.
-    """
-    n = tensors[0].shape[2]
-    if n % 16 == 0:
-        return (*tensors, n)
-    n_load = (n + 15) // 16 * 16
-    padded = []
-    for t in tensors:
-        buf = t.new_empty((*t.shape[:2], n_load))
-        buf[..., :n].copy_(t)
-        buf[..., n:].zero_()
-        padded.append(buf)
-    return (*padded, n_load)
 
 
 def load_variant() -> str:
@@ -832,7 +810,7 @@ def pam_backward(
 
     dv = torch.empty((batch, cv, n), dtype=v.dtype, device=v.device)
     dk = torch.empty((batch, cqk, n), dtype=k.dtype, device=k.device)
-    q, k, v, dout, n_load = aligned_rows(q, k, v, dout)
+    q, k, v, dout, n_load = pad_rows(q, k, v, dout)
     sizes = (n, n_load, cqk, cv, configs.n_bucket(n))
     if deterministic:
         dq = torch.empty((batch, cqk, n), dtype=q.dtype, device=q.device)
