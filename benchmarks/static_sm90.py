@@ -547,6 +547,29 @@ def _compile(task: dict) -> dict:
                 compile_s=round(wall, 2), compile_cpu_s=round(cpu, 2), **stats)
 
 
+# A 16-byte cp.async in PTX: cp.async.cg.shared.global [dst], [src], 16 (or 0x10).
+_ASYNC_COPY_16 = re.compile(
+    r"cp\.async\.c[ag]\.shared\.global\S*\s*\[[^\]]*\],\s*\[[^\]]*\],\s*(?:16|0x10)\b")
+
+
+def async_copies(n: int, variant: str = "bf16") -> dict[str, int]:
+    """Per autotuned kernel launched with pointer loads: how many 16-byte ``cp.async`` the
+    PTX of its first config holds, compiled for sm_90 at DANet's shapes but N = ``n``.
+    Worker-side (it replaces Triton's driver): call it in a process of its own."""
+    _worker_setup()
+    SHAPES["N"] = n
+    _LAUNCH_CACHE.clear()
+    counts: dict[str, int] = {}
+    for launch in _variant_launches(variant):
+        if not launch.autotuned or launch.kwargs.get("TMA") or launch.fn_name in counts:
+            continue
+        config = _configs(launch)[0]
+        kwargs = {**launch.kwargs, **config.all_kwargs()}
+        compiled = launch.kernel.fn.run(*launch.args, grid=(1, 1, 1), warmup=True, **kwargs)
+        counts[launch.fn_name] = len(_ASYNC_COPY_16.findall(compiled.asm["ptx"]))
+    return counts
+
+
 def _worker_main(conn, cache_dir: str) -> None:
     """A pool worker: receives (id, kind, payload), answers (id, result or error)."""
     os.setpgrp()  # its own process group, so that a timeout also ends its ptxas

@@ -21,8 +21,11 @@ Everything skips, saying why, where Triton or its bundled ptxas is missing.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -159,3 +162,26 @@ def test_tables_from_rows(tmp_path):
     lines = csv_path.read_text().splitlines()
     assert lines[0] == ",".join(static.CSV_COLUMNS) and len(lines) == 1 + len(rows)
     assert lines[1].startswith("pam_fwd,M64 N64 DV128 w4 s3,fp32,ok,32,27140,29008,10056,131328,False,True,")
+
+
+def _async_copies(n: int) -> dict:
+    script = ("import json, sys; from benchmarks import static_sm90 as s; "
+              f"json.dump(s.async_copies({n}), sys.stdout)")
+    out = subprocess.run([sys.executable, "-c", script], cwd=static.REPO_ROOT, capture_output=True,
+                         text=True, timeout=COMPILE_TIMEOUT_S, env=dict(os.environ, TRITON_INTERPRET="0"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_unaligned_n_keeps_the_async_copies():
+    """At N = 9409 (DANet's 97x97 crop, not a multiple of 16) every Triton kernel's tile
+    loads still compile for sm_90 to as many 16-byte cp.async as at N = 8192 (bf16, first
+    config). Before the kernels padded N (danet_ops/triton/padding.py), the PAM forward,
+    dK and dQ kernels and the CAM Gram had none there: two-byte loads, no pipelining."""
+    if UNAVAILABLE:
+        pytest.skip(f"cannot compile for sm_90 here: {UNAVAILABLE}")
+    aligned, ragged = _async_copies(8192), _async_copies(9409)
+    assert set(aligned) == set(ragged) and len(aligned) >= 8, (aligned, ragged)
+    fewer = {k: (aligned[k], ragged[k]) for k in aligned if ragged[k] < aligned[k]}
+    assert not fewer, f"fewer 16-byte cp.async at N = 9409 than at 8192: {fewer}"
+    assert aligned["_pam_fwd_kernel"] > 0 and aligned["_cam_gram_kernel"] > 0
