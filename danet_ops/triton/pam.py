@@ -743,7 +743,8 @@ def load_variant() -> str:
 def tma_fits(*tensors: Tensor) -> bool:
     """Whether TMA can read these ``[B, C, N]`` tensors: an sm_90+ GPU (or the
     interpreter), unit stride along N, and a 16-byte aligned start and other strides (so
-    N·itemsize a multiple of 16 for contiguous tensors: N = 9409 in bf16 is not)."""
+    N·itemsize a multiple of 16 for contiguous tensors, which ``pad_rows`` gives the
+    forward's inputs at any N)."""
     for t in tensors:
         if t.device.type == "cuda" and torch.cuda.get_device_capability(t.device)[0] < 9:
             return False
