@@ -238,23 +238,27 @@ def test_variant_rows_follow_each_triton_row_and_name_real_switches(monkeypatch)
     base = dict(shape="64x128", B=2, C=512, N=8192)
     cfgs = [dict(base, op="pam", dtype="fp32", mode="fwdbwd", backend="eager"),
             dict(base, op="pam", dtype="fp32", mode="fwdbwd", backend="triton"),
-            dict(base, op="pam", dtype="bf16", mode="fwd", backend="triton"),
+            dict(base, op="pam", dtype="fp32", mode="fwd", backend="triton"),
+            dict(base, op="pam", dtype="bf16", mode="fwdbwd", backend="triton"),
             dict(base, op="pam", dtype="bf16", mode="fwd", backend="triton", shape="97x97", N=9409),
-            dict(base, op="cam", dtype="bf16", mode="fwdbwd", backend="triton")]
+            dict(base, op="cam", dtype="bf16", mode="fwdbwd", backend="triton"),
+            dict(base, op="cam", dtype="fp32", mode="fwd", backend="triton")]
     got = [(c["op"], c["dtype"], c["mode"], c["backend"]) for c in variants.with_variants(cfgs)]
     assert got == [
         ("pam", "fp32", "fwdbwd", "eager"),
-        ("pam", "fp32", "fwdbwd", "triton"),
-        ("pam", "fp32", "fwdbwd", "triton[fwd=two_pass]"),
-        ("pam", "fp32", "fwdbwd", "triton[bwd=fused]"),
-        ("pam", "fp32", "fwdbwd", "triton[fp32=ieee]"),
-        ("pam", "bf16", "fwd", "triton"),
-        ("pam", "bf16", "fwd", "triton[fwd=two_pass]"),
-        ("pam", "bf16", "fwd", "triton[loads=tma]"),
+        ("pam", "fp32", "fwdbwd", "triton"),  # fp32 fwd+bwd: no variant differs there alone
+        ("pam", "fp32", "fwd", "triton"),
+        ("pam", "fp32", "fwd", "triton[fwd=two_pass]"),
+        ("pam", "fp32", "fwd", "triton[loads=tma]"),
+        ("pam", "fp32", "fwd", "triton[fp32=ieee]"),
+        ("pam", "bf16", "fwdbwd", "triton"),
+        ("pam", "bf16", "fwdbwd", "triton[bwd=fused]"),
         ("pam", "bf16", "fwd", "triton"),  # N = 9409: TMA reads the padded copies
         ("pam", "bf16", "fwd", "triton[fwd=two_pass]"),
         ("pam", "bf16", "fwd", "triton[loads=tma]"),
         ("cam", "bf16", "fwdbwd", "triton"),
+        ("cam", "fp32", "fwd", "triton"),
+        ("cam", "fp32", "fwd", "triton[fp32=ieee]"),
     ]
     readers = {pam.FWD_VARIANT_ENV: pam.forward_variant, pam.LOADS_VARIANT_ENV: pam.load_variant,
                pam.BWD_VARIANT_ENV: lambda: pam.backward_variant(512, torch.bfloat16),
