@@ -74,11 +74,14 @@ _FWD_HALF = [
 ]
 # 3xTF32 dots hold each operand twice (high and low TF32 parts): on sm_90 64-wide key
 # steps spill from DV128 on (M64 N64 DV128 w8: 540 B; M32 N64 DV128 w4: 372 B), 32-wide
-# ones at DV64 do not (M64 N32 DV64 w4: 184 registers, M128 N32 DV64 w8: 155; M32 N32
-# DV128 w4 is clean on triton 3.6 but spills 28-32 B on 3.8).
+# ones at DV64 do not (M64 N32 DV64 w4: 184 registers, M128 N32 DV64 w8: 155, and with a
+# third stage 186 and 156; M32 N32 DV128 w4 is clean on triton 3.6 but spills 28-32 B on
+# 3.8; M64 N32 DV128 w8 spills 8 B, M128 N16 DV128 w8 32 B with TMA loads).
 _FWD_TF32X3 = [
     _C(4, 2, BLOCK_M=64, BLOCK_N=32, BLOCK_DV=64),
     _C(8, 2, BLOCK_M=128, BLOCK_N=32, BLOCK_DV=64),
+    _C(4, 3, BLOCK_M=64, BLOCK_N=32, BLOCK_DV=64),
+    _C(8, 3, BLOCK_M=128, BLOCK_N=32, BLOCK_DV=64),
     _SMALL,
 ]
 # The two-pass forward: pass 1 (lse from q·k) has no v tile; pass 2 the forward's tiles.
@@ -116,11 +119,18 @@ _BWD_DV_TF32X3 = [
 ]
 # dK/dQ reduce dP over Cv in BLOCK_DV chunks: 32-wide chunks keep 3xTF32 (and the ordered
 # dQ kernel's exact FMA dots) out of spills, where the small tile spills 16-64 B on sm_90.
-# With the atomic dQ every larger key block spills (M32 N64 DV32: 80-360 B) but 16-row
-# query steps (M16 N64 DV32 w4: 237 registers).
+# With the atomic dQ every larger key block spills (M32 N64 DV32: 80-360 B, M64 N32 DV32
+# w8: 8 B, M16 N128 DV32 w8: 12 B) but 16-row query steps (M16 N64 DV32 w4: 227 registers,
+# DV16: 192) and the small tile over two stages (M32 N32 DV32 w8 s2: 222).
 _BWD_DK_TF32X3 = [_C(8, 1, BLOCK_M=32, BLOCK_N=32, BLOCK_DV=32),
-                  _C(4, 2, BLOCK_M=16, BLOCK_N=64, BLOCK_DV=32)]
+                  _C(4, 2, BLOCK_M=16, BLOCK_N=64, BLOCK_DV=32),
+                  _C(8, 2, BLOCK_M=32, BLOCK_N=32, BLOCK_DV=32),
+                  _C(4, 2, BLOCK_M=16, BLOCK_N=64, BLOCK_DV=16)]
+# The ordered dQ kernel: exact FMA keeps the small tile (M32 N64 DV16 spills kilobytes
+# there); 3xTF32 also takes M32 N64 DV16 w4 (230 registers; M32 N32 DV32 w4 spills 16 B on
+# triton 3.8).
 _BWD_DQ_FP32 = [_C(4, 1, BLOCK_M=16, BLOCK_N=32, BLOCK_DV=32)]
+_BWD_DQ_TF32X3 = _BWD_DQ_FP32 + [_C(4, 2, BLOCK_M=32, BLOCK_N=64, BLOCK_DV=16)]
 # Exact FMA dK: the small tile over 8 warps (over 4 it spills 8 B on triton 3.8 and 3.9).
 _BWD_DK_IEEE = [_C(8, 1, BLOCK_M=32, BLOCK_N=32, BLOCK_DV=64)]
 # The deterministic dQ kernel owns a query block and loops over key blocks.
@@ -616,7 +626,7 @@ def _pam_bwd_fused_kernel(
              (dv * gamma).to(DV.dtype.element_ty), mask=mask_n[:, None] & mask_c[None, :])
 
 
-@_tune(_BWD_DQ_HALF, _BWD_DQ_FP32, ieee=_BWD_DQ_FP32)
+@_tune(_BWD_DQ_HALF, _BWD_DQ_TF32X3, ieee=_BWD_DQ_FP32)
 @triton.jit
 def _pam_bwd_dq_kernel(
     Q, K, V, Dout, Gamma, Lse, Delta, DQ,
