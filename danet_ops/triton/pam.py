@@ -104,9 +104,19 @@ _BWD_DV_HALF = [
     _C(8, 3, BLOCK_M=64, BLOCK_N=128, BLOCK_DV=128),
     _C(4, 3, BLOCK_M=32, BLOCK_N=128, BLOCK_DV=64),
 ]
+# dK (+ atomic dQ) in fp16/bf16, clean on sm_90 (triton 3.6 and 3.8) and kept for the
+# autotuner to choose on the GPU: wider v chunks (DV128), a third stage, and 32-key blocks
+# (B = 2, N = 8192: 512 programs, where 128-key blocks give 128, under one wave of 132 SMs).
+# Rejected: M128 N64 DV64 w8 (20 B of spills with the atomic dQ), M64 N32 DV128 w4 s3 (8 B).
 _BWD_DK_HALF = [
     _C(4, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_DV=64),
     _C(8, 2, BLOCK_M=64, BLOCK_N=128, BLOCK_DV=64),
+    _C(8, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_DV=128),
+    _C(8, 3, BLOCK_M=64, BLOCK_N=128, BLOCK_DV=64),
+    _C(8, 2, BLOCK_M=32, BLOCK_N=128, BLOCK_DV=64),
+    _C(4, 2, BLOCK_M=32, BLOCK_N=64, BLOCK_DV=64),
+    _C(4, 2, BLOCK_M=64, BLOCK_N=32, BLOCK_DV=64),
+    _C(8, 2, BLOCK_M=128, BLOCK_N=32, BLOCK_DV=64),
 ]
 # 3xTF32 (sm_90, clean under "highest" and "high"): 32-row query steps over 128 keys fit
 # (M32 N128 DV64 w8: 136 registers, DV128: 246); M32 N64 DV128 w8 spills 88 B.
