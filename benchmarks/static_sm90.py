@@ -523,22 +523,27 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def _compile(task: dict) -> dict:
-    """Compile one config for sm_90; the Row fields it fills."""
-    _worker_setup()
-    launch = _find_launch(task["variant"], task["fn_name"], task["select"])
+def _compile_launch(launch: _Launch, config_index: int):
+    """The launch compiled for sm_90 (no run) with the autotuner's config ``config_index``."""
     kwargs = dict(launch.kwargs)
     fn = launch.kernel
     if launch.autotuned:
         fn = launch.kernel.fn
-        config = _configs(launch)[task["config_index"]]
+        config = _configs(launch)[config_index]
         kwargs.update(config.all_kwargs())
         if config.pre_hook is not None:  # e.g. the TMA descriptors' block shapes
             config.pre_hook({**dict(zip(fn.arg_names, launch.args)), **kwargs})
+    return fn.run(*launch.args, grid=(1, 1, 1), warmup=True, **kwargs)
+
+
+def _compile(task: dict) -> dict:
+    """Compile one config for sm_90; the Row fields it fills."""
+    _worker_setup()
+    launch = _find_launch(task["variant"], task["fn_name"], task["select"])
     log = io.StringIO()
     start, cpu_start = time.perf_counter(), _cpu_seconds()
     with contextlib.redirect_stdout(log):
-        compiled = fn.run(*launch.args, grid=(1, 1, 1), warmup=True, **kwargs)
+        compiled = _compile_launch(launch, task["config_index"])
     wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
     stats = parse_ptxas_log(log.getvalue()) or parse_ptxas_log(_ptxas_v(compiled.asm["ptx"]))
     if stats is None:
@@ -563,9 +568,7 @@ def async_copies(n: int, variant: str = "bf16") -> dict[str, int]:
     for launch in _variant_launches(variant):
         if not launch.autotuned or launch.kwargs.get("TMA") or launch.fn_name in counts:
             continue
-        config = _configs(launch)[0]
-        kwargs = {**launch.kwargs, **config.all_kwargs()}
-        compiled = launch.kernel.fn.run(*launch.args, grid=(1, 1, 1), warmup=True, **kwargs)
+        compiled = _compile_launch(launch, 0)
         counts[launch.fn_name] = len(_ASYNC_COPY_16.findall(compiled.asm["ptx"]))
     return counts
 
