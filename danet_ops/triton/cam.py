@@ -376,9 +376,9 @@ def cam_forward(x: Tensor, gamma: Optional[Tensor]) -> tuple[Tensor, Tensor]:
 
     x ``[B, C, N]`` float32/float16/bfloat16; gamma 0-dim (any float dtype) or None.
     """
-    x = x.contiguous()
     batch, c, n = x.shape
     xp, n_load = pad_rows(x)
+    xp = xp.contiguous()  # a padded copy already is: one copy at most
     part, splits = _gram_partials(xp, xp, symmetric=True)
 
     attn = torch.empty((batch, c, c), device=x.device, dtype=torch.float32)
@@ -387,13 +387,13 @@ def cam_forward(x: Tensor, gamma: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         part, attn, c, splits, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps,
     )
 
-    out = torch.empty_like(x)
+    out = torch.empty((batch, c, n), device=x.device, dtype=x.dtype)
     has_gamma = gamma is not None
 
     def grid(meta):
         return (triton.cdiv(c, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]), batch)
 
-    _cam_attn_x_kernel[grid](attn, xp, gamma if has_gamma else x, out, c, n, n_load, configs.n_bucket(n),
+    _cam_attn_x_kernel[grid](attn, xp, gamma if has_gamma else xp, out, c, n, n_load, configs.n_bucket(n),
                              HAS_GAMMA=has_gamma, PRECISION=configs.dot_precisions(x.dtype)[1])
     return out, attn
 
@@ -402,14 +402,14 @@ def cam_backward(dout: Tensor, x: Tensor, attn: Tensor, gamma: Optional[Tensor])
     """(dx in x's dtype, dγ 0-dim in gamma's dtype, or an empty tensor when gamma is None).
 
     dout, x ``[B, C, N]``; attn the fp32 ``[B, C, C]`` softmax from ``cam_forward``.
-    dout may be expanded (stride 0, from ``out.sum()``): it is made contiguous here.
+    dout may be expanded (stride 0, from ``out.sum()``): it is made contiguous here (padded
+    copies already are: one copy at most).
     """
-    dout = dout.contiguous()
-    x = x.contiguous()
     attn = attn.contiguous()
     batch, c, n = x.shape
     has_gamma = gamma is not None
     dout_p, xp, n_load = pad_rows(dout, x)
+    dout_p, xp = dout_p.contiguous(), xp.contiguous()
     part, splits = _gram_partials(dout_p, xp, symmetric=False)
 
     block_r, block_c, warps = _row_blocks(c)
@@ -421,12 +421,12 @@ def cam_backward(dout: Tensor, x: Tensor, attn: Tensor, gamma: Optional[Tensor])
         HAS_GAMMA=has_gamma, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps,
     )
 
-    dx = torch.empty_like(x)
+    dx = torch.empty((batch, c, n), device=x.device, dtype=x.dtype)
 
     def grid(meta):
         return (triton.cdiv(c, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]), batch)
 
-    _cam_dx_kernel[grid](attn, d_energy, xp, dout_p, gamma if has_gamma else x, dx, c, n, n_load,
+    _cam_dx_kernel[grid](attn, d_energy, xp, dout_p, gamma if has_gamma else xp, dx, c, n, n_load,
                          configs.n_bucket(n), HAS_GAMMA=has_gamma,
                          PRECISION=configs.dot_precisions(x.dtype)[1])
     dgamma = dgamma_part.sum().to(gamma.dtype) if has_gamma else dout.new_empty(0)
