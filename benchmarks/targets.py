@@ -5,9 +5,9 @@
 ROWS_CSV is the headline's ``rows.csv`` (or a ``pam.csv`` it rendered); ``--env`` is the
 ``device_info`` output, for the measured bf16 matmul peak; ``--sanitizer`` the runbook's
 ``sanitizer.txt``. Prints two Markdown tables: every target (issue, target, shape,
-measured, met: yes / no / – where a row it needs was not measured), then each Triton
-variant row against the plain ``triton`` row of the same shape, dtype and mode (which
-variant to make the default, which to delete). The GPU runbook appends both to its
+measured, met: yes / no / – where a row it needs was not measured), then each variant
+row (``triton[...]``, ``cuda[...]``) against the plain row of its backend at the same
+shape, dtype and mode (which variant to make the default, which to delete). The GPU runbook appends both to its
 summary. Ratios are taken between rows of one run (the ``run`` column, where a table joins
 several), as the benchmark protocol asks.
 """
@@ -182,13 +182,15 @@ def targets(rows: list[dict], peak_tflops: Optional[float], sanitizer: Optional[
 
 
 def variant_rows(rows: list[dict]) -> list[tuple[dict, dict, float]]:
-    """(plain triton row, variant row, triton ms / variant ms) for every variant row."""
+    """(plain backend row, variant row, plain ms / variant ms) for every variant row
+    (``triton[...]`` against ``triton``, ``cuda[...]`` against ``cuda``)."""
     out = []
     for r in rows:
-        if not r["backend"].startswith("triton[") or r.get("status", "ok") != "ok" or not r["ms"]:
+        plain, bracket, _ = r["backend"].partition("[")
+        if not bracket or r.get("status", "ok") != "ok" or not r["ms"]:
             continue
         key = {k: r[k] for k in ("op", "shape", "B", "dtype", "mode") if k in r}
-        found = _find(rows, ["triton", r["backend"]], run=r["run"], **key)
+        found = _find(rows, [plain, r["backend"]], run=r["run"], **key)
         if found:
             out.append((found[0], r, found[0]["ms"] / r["ms"]))
     return out
@@ -201,7 +203,7 @@ def markdown(checks: list[Check], variants: list[tuple[dict, dict, float]]) -> s
     counted = [c for c in checks if c.met is not None]
     lines += ["", f"{sum(c.met for c in counted)} of {len(counted)} measured targets met; "
                   f"{len(checks) - len(counted)} not measured.", ""]
-    lines += ["| variant | op | shape | dtype | mode | triton ms | variant ms | variant speedup |",
+    lines += ["| variant | op | shape | dtype | mode | plain ms | variant ms | variant speedup |",
               "|---|---|---|---|---|---|---|---|"]
     for base, r, ratio in variants:
         lines.append(f"| {r['backend']} | {r.get('op', 'pam')} | {r['shape']} | {r['dtype']} | {r['mode']} "
@@ -211,7 +213,8 @@ def markdown(checks: list[Check], variants: list[tuple[dict, dict, float]]) -> s
         by_variant.setdefault(r["backend"], []).append(ratio)
     for name, ratios in by_variant.items():
         geo = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
-        lines.append(f"- {name}: faster than triton in {sum(x > 1 for x in ratios)} of {len(ratios)} rows, "
+        plain = name.partition("[")[0]
+        lines.append(f"- {name}: faster than {plain} in {sum(x > 1 for x in ratios)} of {len(ratios)} rows, "
                      f"geometric mean {geo:.2f}×")
     if not variants:
         lines.append("(no variant rows)")

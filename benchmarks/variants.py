@@ -1,6 +1,7 @@
-"""The Triton backend's variants as benchmark rows (``--variants``): a row named
-``triton[<variant>]`` runs the ``triton`` backend with that variant's environment, read by
-``danet_ops.triton`` at each launch. Plain ``triton`` is the default of every switch."""
+"""The backends' variants as benchmark rows (``--variants``): a row named
+``<backend>[<variant>]`` runs that backend with the variant's environment, read by
+``danet_ops.triton`` / ``danet_ops.cuda`` at each launch. A plain backend name is the
+default of every switch."""
 from __future__ import annotations
 
 import contextlib
@@ -9,17 +10,22 @@ from typing import Iterator
 from unittest import mock
 
 VARIANTS = {
-    "fwd=two_pass": {"DANET_OPS_TRITON_PAM_FWD": "two_pass"},
-    "loads=tma": {"DANET_OPS_TRITON_LOADS": "tma"},
-    "bwd=fused": {"DANET_OPS_TRITON_PAM_BWD": "fused"},
-    "fp32=ieee": {"DANET_OPS_TRITON_FP32": "ieee"},
+    "triton": {
+        "fwd=two_pass": {"DANET_OPS_TRITON_PAM_FWD": "two_pass"},
+        "loads=tma": {"DANET_OPS_TRITON_LOADS": "tma"},
+        "bwd=fused": {"DANET_OPS_TRITON_PAM_BWD": "fused"},
+        "fp32=ieee": {"DANET_OPS_TRITON_FP32": "ieee"},
+    },
+    "cuda": {
+        "bwd=fused": {"DANET_OPS_CUDA_PAM_BWD": "fused"},
+    },
 }
 
 
 def split(backend: str) -> tuple[str, dict]:
     """``"triton[bwd=fused]"`` -> ``("triton", {"DANET_OPS_TRITON_PAM_BWD": "fused"})``."""
     name, _, variant = backend.partition("[")
-    return name, VARIANTS[variant.rstrip("]")] if variant else {}
+    return name, VARIANTS[name][variant.rstrip("]")] if variant else {}
 
 
 @contextlib.contextmanager
@@ -31,17 +37,19 @@ def backend_of(cfg: dict) -> Iterator[dict]:
 
 
 def with_variants(cfgs: list[dict]) -> list[dict]:
-    """After each triton config, one per variant that changes something for it, each where
-    it differs from the default alone (a GPU run has time for few rows: the 2026-11-28
+    """After each triton or cuda config, one per variant that changes something for it, each
+    where it differs from the default alone (a GPU run has time for few rows: the 2026-11-28
     runbook measured 15): the forward variants (two-pass, TMA loads) on PAM forward rows,
-    the fused backward on PAM fwd+bwd rows in fp16/bf16 (fp32 runs the split one anyway),
+    the fused backwards on PAM fwd+bwd rows in fp16/bf16 (fp32 runs the split ones anyway),
     exact FMA products on fp32 forward rows."""
     out = []
     for cfg in cfgs:
         out.append(cfg)
+        fwd, half = cfg["mode"] == "fwd", cfg["dtype"] in ("fp16", "bf16")
+        if cfg["backend"] == "cuda" and cfg["op"] == "pam" and not fwd and half:
+            out.append(dict(cfg, backend="cuda[bwd=fused]"))
         if cfg["backend"] != "triton":
             continue
-        fwd, half = cfg["mode"] == "fwd", cfg["dtype"] in ("fp16", "bf16")
         if cfg["op"] == "pam" and fwd:
             out.append(dict(cfg, backend="triton[fwd=two_pass]"))
             out.append(dict(cfg, backend="triton[loads=tma]"))

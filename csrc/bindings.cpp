@@ -12,7 +12,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pam_forward(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pam_backward(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const c10::optional<at::Tensor>& gamma, const at::Tensor& o, const at::Tensor& lse,
-    double scale, bool tf32);
+    double scale, bool tf32, bool fused);
 std::tuple<at::Tensor, at::Tensor> cam_forward(const at::Tensor& x,
                                                const c10::optional<at::Tensor>& gamma, bool tf32);
 std::tuple<at::Tensor, at::Tensor> cam_backward(const at::Tensor& dout, const at::Tensor& x,
@@ -28,9 +28,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("gamma"), py::arg("residual"),
         py::arg("scale"), py::arg("save_o"), py::arg("tf32") = false);
   m.def("pam_backward", &danet::pam_backward,
-        "(dout, q, k, v, gamma?, o, lse, scale, tf32=False) -> (dq, dk, dv, dgamma)", py::arg("dout"),
-        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("gamma"), py::arg("o"),
-        py::arg("lse"), py::arg("scale"), py::arg("tf32") = false);
+        "(dout, q, k, v, gamma?, o, lse, scale, tf32=False, fused=False) -> (dq, dk, dv, dgamma); "
+        "fused: fp16/bf16 with Cqk <= 64, Cv <= 512 on the one-kernel backward (P and dS once per "
+        "tile pair, dQ by fp32 atomics: not deterministic), elsewhere the split kernels",
+        py::arg("dout"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("gamma"), py::arg("o"),
+        py::arg("lse"), py::arg("scale"), py::arg("tf32") = false, py::arg("fused") = false);
   m.def("cam_forward", &danet::cam_forward,
         "(x [B, C, N], gamma?, tf32=False) -> (out, attn fp32 [B, C, C]); "
         "tf32: fp32 A X as one TF32 MMA (the Gram stays 3xTF32)",

@@ -6,6 +6,9 @@
 //   TF32 MMAs as 3xTF32 (fp32-accurate). `tf32` (torch's float32 matmul precision "high" or
 //   "medium", passed by danet_ops/cuda) lets fp32's products other than the energies run
 //   as one TF32 MMA, as the Triton backend does.
+//   `fused` (danet_ops/cuda: DANET_OPS_CUDA_PAM_BWD=fused, not under torch's deterministic
+//   mode): fp16/bf16 backward with Cqk <= 64 and Cv <= 512 on pam_bwd_fused_mma_kernel,
+//   one kernel, P and dS once per tile pair, dQ by fp32 atomics.
 //   GPUs before sm_80, or a larger Cqk: the 64x64 tile kernels (pam_forward_kernel,
 //   pam_dv_kernel, pam_dqk_kernel): fp32 on SIMT FMAs (true fp32), half types on WMMA.
 #include "common.cuh"
@@ -14,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <tuple>
+#include <vector>
 
 namespace danet {
 namespace {
@@ -37,6 +41,25 @@ void check_pam_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor
               "danet_ops: PAM sizes out of range: q ", q.sizes(), ", v ", v.sizes());
 }
 
+// Points p's q, k, v (and dout, for the backward) at the rows the mma.sync kernels read
+// (mma_row_stride, padded_rows) and sets p.ld; the returned tensors hold any padded copies
+// until the launch is queued.
+template <typename T>
+std::vector<at::Tensor> use_mma_rows(PamArgs<T>& p, const at::Tensor& q, const at::Tensor& k,
+                                     const at::Tensor& v, const at::Tensor* dout = nullptr) {
+  const int64_t ld = dout ? mma_row_stride({&q, &k, &v, dout}) : mma_row_stride({&q, &k, &v});
+  std::vector<at::Tensor> rows{padded_rows(q, ld), padded_rows(k, ld), padded_rows(v, ld)};
+  p.q = rows[0].data_ptr<T>();
+  p.k = rows[1].data_ptr<T>();
+  p.v = rows[2].data_ptr<T>();
+  if (dout) {
+    rows.push_back(padded_rows(*dout, ld));
+    p.dout = rows[3].data_ptr<T>();
+  }
+  p.ld = static_cast<int>(ld);
+  return rows;
+}
+
 // Whether pam_forward_mma_kernel<T> can run here (q, two k stages and two v stages in
 // shared memory). Returns its byte count, or 0.
 template <typename T>
@@ -51,12 +74,7 @@ bool launch_mma_forward(PamArgs<T> p, const at::Tensor& q, const at::Tensor& k, 
                         at::Tensor& out, T* o_raw, at::Tensor& lse, cudaStream_t stream) {
   const size_t smem = mma_forward_smem<T>(p.cqk);
   if (smem == 0) return false;
-  const int64_t ld = mma_row_stride({&q, &k, &v});
-  const auto qp = padded_rows(q, ld), kp = padded_rows(k, ld), vp = padded_rows(v, ld);
-  p.q = qp.data_ptr<T>();
-  p.k = kp.data_ptr<T>();
-  p.v = vp.data_ptr<T>();
-  p.ld = static_cast<int>(ld);
+  const auto rows = use_mma_rows(p, q, k, v);
   const auto kernel = pam_forward_mma_kernel<T>;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(smem)));
@@ -76,14 +94,7 @@ bool launch_mma_backward(PamArgs<T> p, const at::Tensor& dout, const at::Tensor&
   const int cqk = p.cqk;
   const size_t dv_smem = pam_mma::smem_bytes<T>(cqk), dqk_smem = pam_mma::dqk_smem_bytes<T>(cqk);
   if (p.cqk == 0 || p.cv == 0 || !mma_fits(std::max(dv_smem, dqk_smem))) return false;
-  const int64_t ld = mma_row_stride({&q, &k, &v, &dout});
-  const auto qp = padded_rows(q, ld), kp = padded_rows(k, ld), vp = padded_rows(v, ld),
-             dp = padded_rows(dout, ld);
-  p.q = qp.data_ptr<T>();
-  p.k = kp.data_ptr<T>();
-  p.v = vp.data_ptr<T>();
-  p.dout = dp.data_ptr<T>();
-  p.ld = static_cast<int>(ld);
+  const auto rows = use_mma_rows(p, q, k, v, &dout);
   const auto dv_kernel = pam_dv_mma_kernel<T>;
   C10_CUDA_CHECK(cudaFuncSetAttribute(dv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(dv_smem)));
@@ -101,6 +112,32 @@ bool launch_mma_backward(PamArgs<T> p, const at::Tensor& dout, const at::Tensor&
   dq_kernel<<<grid, pam_mma::BLOCK_THREADS, dqk_smem, stream>>>(p, dq.data_ptr<T>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return true;
+}
+
+// pam_bwd_fused_mma_kernel for p (its q, k, v, dout, ld set here), if it serves this dtype
+// and these widths (pam_fused::fits) and its shared memory fits; dq through an fp32
+// buffer that the kernel's atomics add into. p.delta must be written first.
+template <typename T>
+bool launch_fused_backward(PamArgs<T> p, const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                           const at::Tensor& v, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv,
+                           cudaStream_t stream) {
+  if constexpr (sizeof(T) != 2) {
+    return false;  // fp32: the split kernels (pam_kernels.cuh says why)
+  } else {
+    const size_t smem = pam_fused::smem_bytes<T>(p.cqk, p.cv);
+    if (!pam_fused::fits<T>(p.cqk, p.cv) || !mma_fits(smem)) return false;
+    const auto rows = use_mma_rows(p, q, k, v, &dout);
+    auto dq_acc = at::zeros(q.sizes(), q.options().dtype(at::kFloat));
+    const auto kernel = pam_bwd_fused_mma_kernel<T>;
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(smem)));
+    const dim3 grid(ceil_div(p.n, pam_fused::BK), q.size(0));
+    kernel<<<grid, pam_fused::BLOCK_THREADS, smem, stream>>>(p, dk.data_ptr<T>(), dv.data_ptr<T>(),
+                                                       dq_acc.data_ptr<float>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    dq.copy_(dq_acc);
+    return true;
+  }
 }
 
 }  // namespace
@@ -156,7 +193,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pam_forward(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pam_backward(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const c10::optional<at::Tensor>& gamma, const at::Tensor& o, const at::Tensor& lse,
-    double scale, bool tf32) {
+    double scale, bool tf32, bool fused) {
   check_pam_inputs(q, k, v);
   check_input(dout, "dout", 3);
   check_input(o, "o", 3);
@@ -207,8 +244,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pam_backward(
           p.dout, o.data_ptr<scalar_t>(), p.gamma, cv, n, rowdot.data_ptr<float>(),
           delta.data_ptr<float>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      // Every dtype on mma.sync where the GPU and shared memory allow (pam_kernels.cuh;
-      // fp32 as 3xTF32); elsewhere the 64x64 tile kernels.
+      // fused (fp16/bf16, Cqk <= 64, Cv <= 512): the one-kernel backward; else every dtype
+      // on the split mma.sync kernels where the GPU and shared memory allow
+      // (pam_kernels.cuh; fp32 as 3xTF32); elsewhere the 64x64 tile kernels.
+      if (fused && launch_fused_backward(p, dout, q, k, v, dq, dk, dv, stream)) return;
       if (launch_mma_backward(p, dout, q, k, v, dq, dk, dv, stream)) return;
       if (cv > 0) {
         pam_dv_kernel<scalar_t><<<dim3(ceil_div(n, TILE), ceil_div(cv, TILE), batch), THREADS, 0, stream>>>(

@@ -302,26 +302,26 @@ inline size_t dqk_smem_bytes(int cqk) {
 }
 }  // namespace pam_mma
 
-// Stage rows [0, rows) x positions [p0, p0 + 64) of a row-major matrix with row stride ld
-// (a multiple of 8, the source 16-byte aligned) into dst[r * PITCH + j] by 16-byte
-// cp.async copies (8 half or 4 fp32 elements each); rows from rows_valid on and positions
-// from ld on are zero-filled.
-template <typename T>
+// Stage rows [0, rows) x positions [p0, p0 + W) of a row-major matrix with row stride ld
+// (a multiple of 8, the source 16-byte aligned) into dst[r * P + j] by 16-byte cp.async
+// copies (8 half or 4 fp32 elements each), spread over the block's NT threads; rows from
+// rows_valid on and positions from ld on are zero-filled.
+template <typename T, int W = pam_mma::BN, int P = pam_mma::PITCH, int NT = pam_mma::BLOCK_THREADS>
 __device__ __forceinline__ void stage_async(T* dst, const T* src, int rows, int rows_valid, int ld,
                                             int p0) {
-  using namespace pam_mma;
   constexpr int V = 16 / static_cast<int>(sizeof(T));
-  for (int e = threadIdx.x; e < rows * (BN / V); e += BLOCK_THREADS) {
-    const int r = e / (BN / V), pos = p0 + V * (e % (BN / V));
+  for (int e = threadIdx.x; e < rows * (W / V); e += NT) {
+    const int r = e / (W / V), pos = p0 + V * (e % (W / V));
     const bool ok = r < rows_valid && pos < ld;
-    mma::cp_async_cg16(dst + r * PITCH + (pos - p0), ok ? src + (int64_t)r * ld + pos : src,
+    mma::cp_async_cg16(dst + r * P + (pos - p0), ok ? src + (int64_t)r * ld + pos : src,
                        ok ? 16 : 0);
   }
 }
 
 // The epilogue of every mma kernel: the block's fp32 result, staged transposed in shared
-// memory (os[c * OPITCH + i] for ROWS channels and BM positions), written to the [B, C, N]
-// tensors at channels c0.. (< channels) and positions i0.. (< n):
+// memory (os[c * (COLS + 4) + i] for ROWS channels and COLS positions: OPITCH for the
+// 64-position blocks), written by the block's NT threads to the [B, C, N] tensors at
+// channels c0.. (< channels) and positions i0.. (< n):
 //   out = alpha * os (+ residual), and raw = os where raw is not null.
 // Consecutive threads store consecutive positions; with 128-bit loads and stores (V
 // positions a thread) where n is a multiple of V and every pointer is 16-byte aligned
@@ -329,15 +329,15 @@ __device__ __forceinline__ void stage_async(T* dst, const T* src, int rows, int 
 // for the first), else one element at a time. Not inlined: it runs once per block, after
 // the accumulators are dead, and inlined ptxas let its addressing push the half-type dQ
 // kernel to 12 bytes of spills (sm_90, nvcc 13).
-template <typename T, int ROWS>
+template <typename T, int ROWS, int COLS = pam_mma::BM, int NT = pam_mma::BLOCK_THREADS>
 __device__ __noinline__ void store_staged(const float* os, T* out, T* raw, const T* residual,
                                              float alpha, int b, int c0, int channels, int i0, int n) {
-  using namespace pam_mma;
   constexpr int V = 16 / static_cast<int>(sizeof(T));  // elements per 128 bits
+  constexpr int OP = COLS + 4;
   const auto aligned = [](const void* x) { return reinterpret_cast<uintptr_t>(x) % 16 == 0; };
   if (n % V == 0 && aligned(out) && aligned(raw) && aligned(residual)) {
-    for (int e = threadIdx.x; e < ROWS * BM / V; e += BLOCK_THREADS) {
-      const int cc = e / (BM / V), ii = V * (e % (BM / V));
+    for (int e = threadIdx.x; e < ROWS * COLS / V; e += NT) {
+      const int cc = e / (COLS / V), ii = V * (e % (COLS / V));
       const int c = c0 + cc, i = i0 + ii;
       if (c >= channels || i >= n) continue;
       const int64_t idx = ((int64_t)b * channels + c) * n + i;
@@ -348,7 +348,7 @@ __device__ __noinline__ void store_staged(const float* os, T* out, T* raw, const
       }
 #pragma unroll
       for (int u = 0; u < V; ++u) {
-        const float ov = os[cc * OPITCH + ii + u];
+        const float ov = os[cc * OP + ii + u];
         ob[u] = from_float<T>(ov);
         rb[u] = from_float<T>(residual ? ov * alpha + to_float(res[u]) : ov * alpha);
       }
@@ -361,12 +361,12 @@ __device__ __noinline__ void store_staged(const float* os, T* out, T* raw, const
       mma::st_global_128(out + idx, w);
     }
   } else {
-    for (int e = threadIdx.x; e < ROWS * BM; e += BLOCK_THREADS) {
-      const int cc = e / BM, ii = e % BM;
+    for (int e = threadIdx.x; e < ROWS * COLS; e += NT) {
+      const int cc = e / COLS, ii = e % COLS;
       const int c = c0 + cc, i = i0 + ii;
       if (c >= channels || i >= n) continue;
       const int64_t idx = ((int64_t)b * channels + c) * n + i;
-      const float ov = os[cc * OPITCH + ii];
+      const float ov = os[cc * OP + ii];
       if (raw) raw[idx] = from_float<T>(ov);
       float r = ov * alpha;
       if (residual) r += to_float(residual[idx]);
@@ -381,30 +381,30 @@ __device__ __noinline__ void store_staged(const float* os, T* out, T* raw, const
 // split into TF32 hi + lo (split_tf32) and multiplied as 3xTF32 (mma_tf32x3), or as one
 // TF32 product where `exact` is false. One kernel text serves all three types.
 
-// acc[16 x BN] += X^T Y for the warp's 16 rows: X and Y are channel-major tiles in shared
-// memory (pitch PITCH), the rows are X's columns 16 warp .. 16 warp + 15, the BN columns
-// Y's; channels [0, channels), a multiple of 16. Half types: both operands come through
-// ldmatrix.trans: A's matrices (rows, channels) 0-7/0-7, 8-15/0-7, 0-7/8-15, 8-15/8-15;
-// B's, for columns 16 np + 0-7 then + 8-15, channels 0-7 and 8-15. fp32: per 8 channels
-// kc, a = X[kc + t (+4)][16 warp + g (+8)] and b = Y[kc + t (+4)][8 nt + g]. The energies
-// S = q^T k (forward, dQ), S^T = k^T q (dV, dK) and dP = dO^T v are all this product;
-// the energies always with exact = true.
-template <typename T>
-__device__ __forceinline__ void warp_xt_y(float (&acc)[pam_mma::BN / 8][4], const T* x, const T* y,
+// acc[16 x COLS] += X^T Y for the warp's 16 rows: X and Y are channel-major tiles in shared
+// memory (pitches XP and PITCH), the rows are X's columns row0 .. row0 + 15, the COLS
+// columns Y's first; channels [0, channels), a multiple of 16. Half types: both operands
+// come through ldmatrix.trans: A's matrices (rows, channels) 0-7/0-7, 8-15/0-7, 0-7/8-15,
+// 8-15/8-15; B's, for columns 16 np + 0-7 then + 8-15, channels 0-7 and 8-15. fp32: per 8
+// channels kc, a = X[kc + t (+4)][row0 + g (+8)] and b = Y[kc + t (+4)][8 nt + g]. The
+// energies S = q^T k (forward, dQ), S^T = k^T q (dV, dK), dP = dO^T v and the fused
+// backward's dQ = dS k^T are all this product; the energies always with exact = true.
+template <typename T, int COLS = pam_mma::BN, int XP = pam_mma::PITCH>
+__device__ __forceinline__ void warp_xt_y(float (&acc)[COLS / 8][4], const T* x, int row0, const T* y,
                                           int channels, bool exact) {
   using namespace pam_mma;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int lane = threadIdx.x % 32;
   if constexpr (std::is_same<T, float>::value) {
     const int g = lane / 4, t = lane % 4;
     for (int kc = 0; kc < channels; kc += 8) {
-      const float* xa = x + (kc + t) * PITCH + 16 * warp + g;
+      const float* xa = x + (kc + t) * XP + row0 + g;
       uint32_t a_hi[4], a_lo[4];
       mma::split_tf32(xa[0], a_hi[0], a_lo[0]);
       mma::split_tf32(xa[8], a_hi[1], a_lo[1]);
-      mma::split_tf32(xa[4 * PITCH], a_hi[2], a_lo[2]);
-      mma::split_tf32(xa[4 * PITCH + 8], a_hi[3], a_lo[3]);
+      mma::split_tf32(xa[4 * XP], a_hi[2], a_lo[2]);
+      mma::split_tf32(xa[4 * XP + 8], a_hi[3], a_lo[3]);
 #pragma unroll
-      for (int nt = 0; nt < BN / 8; ++nt) {
+      for (int nt = 0; nt < COLS / 8; ++nt) {
         const float* yb = y + (kc + t) * PITCH + 8 * nt + g;
         uint32_t b_hi[2], b_lo[2];
         mma::split_tf32(yb[0], b_hi[0], b_lo[0]);
@@ -417,9 +417,9 @@ __device__ __forceinline__ void warp_xt_y(float (&acc)[pam_mma::BN / 8][4], cons
     const int lr = lane % 8, lm = lane / 8;  // ldmatrix: the row this lane addresses, of matrix lm
     for (int kc = 0; kc < channels; kc += 16) {
       uint32_t a[4];
-      mma::ldmatrix_x4_trans(a, x + (kc + lr + 8 * (lm / 2)) * PITCH + 16 * warp + 8 * (lm % 2));
+      mma::ldmatrix_x4_trans(a, x + (kc + lr + 8 * (lm / 2)) * XP + row0 + 8 * (lm % 2));
 #pragma unroll
-      for (int np = 0; np < BN / 16; ++np) {
+      for (int np = 0; np < COLS / 16; ++np) {
         uint32_t b[4];
         mma::ldmatrix_x4_trans(b, y + (kc + lr + 8 * (lm % 2)) * PITCH + 16 * np + 8 * (lm / 2));
         mma::mma_16816<E>(acc[2 * np], a, b[0], b[1]);
@@ -544,7 +544,7 @@ pam_forward_mma_kernel(PamArgs<T> p, T* out, T* o_raw, float* lse_out) {
     // S[i][j] = sum_c q[c][i] k[c][j] (q and k channel-major).
     float s[BN / 8][4];
     mma::zero(s);
-    warp_xt_y(s, qs, kt, cqkp, true);
+    warp_xt_y(s, qs, 16 * warp, kt, cqkp, true);
 
     // Online softmax on the fragments: row g (h = 0) and g + 8 (h = 1) of the warp, key
     // j0 + 8 nt + 2t + e % 2. Every key tile holds at least one valid key, so the new max
@@ -685,7 +685,7 @@ pam_dv_mma_kernel(PamArgs<T> p, T* dv) {
     // S^T[j][i] = sum_c k[c][j] q[c][i], addressed as the forward's q^T k.
     float s[BN / 8][4];
     mma::zero(s);
-    warp_xt_y(s, ks, qt, cqkp, true);
+    warp_xt_y(s, ks, 16 * warp, qt, cqkp, true);
     // P^T[j][i]: key j = j0 + 16 warp + g + 8h (element 2h + e), query i = i0 + 8 nt + 2t + e.
 #pragma unroll
     for (int nt = 0; nt < BN / 8; ++nt)
@@ -798,12 +798,12 @@ pam_dqk_mma_kernel(PamArgs<T> p, T* grad) {
     if (ch == 0) {  // S = X^T X' over all Cqk; dP starts
       mma::zero(s);
       mma::zero(dp);
-      warp_xt_y(s, xo, xut, cqkp, true);
+      warp_xt_y(s, xo, 16 * warp, xut, cqkp, true);
     }
     {  // dP += Y^T Y' over this chunk's channels (chunk pairs past Cv hold zeros: skipped)
       const T* yot = yo + buf * YC * PITCH;
       const T* yut = yu + buf * YC * PITCH;
-      warp_xt_y(dp, yot, yut, min(YC, (cv - ch * YC + 15) / 16 * 16), exact);
+      warp_xt_y(dp, yot, 16 * warp, yut, min(YC, (cv - ch * YC + 15) / 16 * 16), exact);
     }
     if (ch == chunks - 1) {
       // dS in place of S: own position o0 + 16 warp + g + 8h (element 2h + e), other
@@ -845,6 +845,237 @@ pam_dqk_mma_kernel(PamArgs<T> p, T* grad) {
       os[(8 * nc + 2 * t + e % 2) * OPITCH + 16 * warp + g + 8 * (e / 2)] = acc[nc][e];
   __syncthreads();
   store_staged<T, GC>(os, grad, nullptr, nullptr, 1.0f, b, c0, cqk, o0, n);
+#else
+  __trap();  // the host dispatch launches this kernel on sm_80 and newer only
+#endif
+}
+
+// ---- fused backward on mma.sync (fp16/bf16; the "fused" variant) -----------------------
+// pam_bwd_fused_mma_kernel: P and dS computed once per (key, query) tile pair, where the
+// split kernels above compute P three times and dP twice (2*N^2*(ceil(Cv/128)*Cqk + Cv)
+// + 2 * 2*N^2*(2*Cqk + Cv) FLOPs; here 2*N^2*(4*Cqk + 2*Cv + 2*Cqk), the S^T product
+// repeated by the 4 warps of a key group: 1.24x the minimum at Cqk = Cv/8, against 1.68x).
+// FlashAttention-2's backward for a wide v (Cv = 512): one block of 8 warps per (key tile
+// of BK = 32, batch item), looping over query tiles of 64 (q and dout double buffered by
+// cp.async, k and v resident). Warp w = 4 kw + cw owns keys j0 + 16 kw .. + 15 and v
+// channels 128 cw .. + 127, so dV (16 x 128 fp32, 64 registers, as the forward's O) and
+// its share of dK (16 x 16) stay in registers. Per query tile:
+//   S^T = k^T q (each warp, its 16 keys x 64 queries), P^T = exp(scale S^T - lse) in place;
+//   dV^T += P^T dout^T over the warp's channels;
+//   dP^T = v^T dout: each warp's 128 channels, the key group's 4 partials summed through
+//   shared memory (in the dout stage, once every warp is done reading it): warp cw sums
+//   queries 16 cw .. + 15 and writes dS^T = scale P^T (gamma dP^T - delta) there as T;
+//   dK^T += dS^T q^T (the key group's 16 keys, 16 qk channels a warp);
+//   dQ += dS k^T (query group cw, qk channels 32 kw .. + 31, k^T staged once), added
+//   atomically (fp32 atomicAdd) to an fp32 [B, Cqk, N] buffer the host zeroes and converts:
+//   not deterministic, so danet_ops.cuda takes the split kernels under
+//   torch.use_deterministic_algorithms.
+// fp32 is left out: its stages would need twice the shared memory (there is none left) and
+// the 3xTF32 fragments twice the registers. Cqk <= 64, Cv <= 512 (pam_fused::fits).
+namespace pam_fused {
+constexpr int WARPS = 8;
+constexpr int BLOCK_THREADS = 32 * WARPS;
+constexpr int BK = 32;               // keys per block: two groups of 16 (warp / 4)
+constexpr int KPITCH = BK + 8;       // resident k, v rows: 80 bytes, conflict-free ldmatrix
+constexpr int CQK_MAX = 64;          // dK^T: 16 channels a warp of a key group; dQ: 32 a warp
+constexpr int CV_MAX = 512;          // dV^T and dP^T: 128 channels a warp of a key group
+constexpr int CVW = CV_MAX / 4;
+constexpr int EXCHANGE_BYTES = WARPS * (pam_mma::BN / 8) * 32 * 16;  // dP^T partials, float4 a lane
+static_assert(CQK_MAX <= pam_mma::BN, "k^T rows (pitch PITCH) hold the qk channels");
+
+// Elements of T in one stage's dout part: cv rows of the query tile, and room for the dP^T
+// exchange where cv is small.
+template <typename T>
+constexpr int dout_stage_elems(int cv) {
+  return pam_mma::cqk_padded(cv) * pam_mma::PITCH * static_cast<int>(sizeof(T)) >= EXCHANGE_BYTES
+             ? pam_mma::cqk_padded(cv) * pam_mma::PITCH
+             : EXCHANGE_BYTES / static_cast<int>(sizeof(T));
+}
+// Dynamic shared memory: resident k and v (pitch KPITCH), k^T and dS^T (BK rows of PITCH),
+// two stages of (dout, q). At Cqk = 64, Cv = 512: 221184 bytes (sm_90 allows 232448).
+template <typename T>
+inline size_t smem_bytes(int cqk, int cv) {
+  const int resident = (pam_mma::cqk_padded(cqk) + pam_mma::cqk_padded(cv)) * KPITCH + 2 * BK * pam_mma::PITCH;
+  const int stage = dout_stage_elems<T>(cv) + pam_mma::cqk_padded(cqk) * pam_mma::PITCH;
+  return static_cast<size_t>(resident + 2 * stage) * sizeof(T);
+}
+// Whether the kernel serves this dtype and these widths (the host also checks shared memory).
+template <typename T>
+constexpr bool fits(int cqk, int cv) {
+  return sizeof(T) == 2 && cqk > 0 && cqk <= CQK_MAX && cv > 0 && cv <= CV_MAX;
+}
+}  // namespace pam_fused
+
+// dK, dV and dQ (into dq_acc, fp32 [B, Cqk, N], zeroed) of one (key tile, batch item); dk,
+// dv dense [B, C, N]; q, k, v, dout with row stride p.ld as for the split kernels.
+template <typename T>
+__global__ void __launch_bounds__(pam_fused::BLOCK_THREADS, 1)
+pam_bwd_fused_mma_kernel(PamArgs<T> p, T* dk, T* dv, float* dq_acc) {
+#if DANET_HAS_MMA
+  static_assert(sizeof(T) == 2, "fp16/bf16 only (pam_fused::fits)");
+  using namespace pam_fused;
+  using pam_mma::BN;
+  using pam_mma::PITCH;
+  using E = typename wmma_elem<T>::type;
+  DANET_DYNAMIC_SMEM(smem);
+  const int cqk = p.cqk, cv = p.cv, n = p.n, ld = p.ld;
+  const int cqkp = pam_mma::cqk_padded(cqk), cvp = pam_mma::cqk_padded(cv);
+  const int dout_elems = dout_stage_elems<T>(cv), stage_elems = dout_elems + cqkp * PITCH;
+  T* ks = reinterpret_cast<T*>(smem);  // k[c][j0 + j], pitch KPITCH
+  T* vs = ks + cqkp * KPITCH;          // v[c][j0 + j], pitch KPITCH
+  T* kts = vs + cvp * KPITCH;          // k^T[j][c], c < CQK_MAX (zero from cqk on)
+  T* dsts = kts + BK * PITCH;          // dS^T[j][i] of the current query tile
+  T* stages = dsts + BK * PITCH;       // two stages of (dout[c][i0 + i], then q[c][i0 + i])
+  float* os = reinterpret_cast<float*>(stages);  // after the loop: dV^T then dK^T [c][j]
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int kw = warp / 4, cw = warp % 4;  // key group, channel (and query) quarter
+  const int j0 = blockIdx.x * BK, b = blockIdx.y;
+  const T* q = p.q + (int64_t)b * cqk * ld;
+  const T* k = p.k + (int64_t)b * cqk * ld;
+  const T* v = p.v + (int64_t)b * cv * ld;
+  const T* dout = p.dout + (int64_t)b * cv * ld;
+  const float* lse = p.lse + (int64_t)b * n;
+  const float* delta = p.delta + (int64_t)b * n;
+  const float gm = scalar_or_one(p.gamma);
+  const int tiles = (n + BN - 1) / BN;
+
+  const auto load_tile = [&](int tile) {
+    T* st = stages + (tile % 2) * stage_elems;
+    stage_async<T, BN, PITCH, BLOCK_THREADS>(st, dout, cvp, cv, ld, tile * BN);
+    stage_async<T, BN, PITCH, BLOCK_THREADS>(st + dout_elems, q, cqkp, cqk, ld, tile * BN);
+  };
+  stage_async<T, BK, KPITCH, BLOCK_THREADS>(ks, k, cqkp, cqk, ld, j0);
+  stage_async<T, BK, KPITCH, BLOCK_THREADS>(vs, v, cvp, cv, ld, j0);
+  load_tile(0);
+  mma::cp_async_commit();
+
+  float dva[CVW / 8][4];  // dV^T[j][128 cw + 8 nc + 2t + e % 2] / gamma
+  float dka[2][4];        // dK^T[j][16 cw + 8 nc + 2t + e % 2]
+  mma::zero(dva);
+  mma::zero(dka);
+
+  for (int tile = 0; tile < tiles; ++tile) {
+    const int i0 = tile * BN;
+    if (tile + 1 < tiles) load_tile(tile + 1);
+    mma::cp_async_wait_stage(tile + 1 < tiles);
+    T* dot = stages + (tile % 2) * stage_elems;
+    const T* qt = dot + dout_elems;
+    if (tile == 0) {  // k^T, once (read by dQ after this tile's barriers)
+      for (int e = threadIdx.x; e < BK * CQK_MAX; e += BLOCK_THREADS) {
+        const int j = e / CQK_MAX, c = e % CQK_MAX;
+        kts[j * PITCH + c] = c < cqkp ? ks[c * KPITCH + j] : from_float<T>(0.0f);
+      }
+    }
+
+    // P^T[j][i] = exp(scale * k_j.q_i - lse_i): key j = j0 + 16 kw + g + 8h (element
+    // 2h + e), query i = i0 + 8 nt + 2t + e; 0 past N on either axis.
+    float s[BN / 8][4];
+    mma::zero(s);
+    warp_xt_y<T, BN, KPITCH>(s, ks, 16 * kw, qt, cqkp, true);
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int i = i0 + 8 * nt + 2 * t + e;
+        const float lse_i = i < n ? lse[i] : 0.0f;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int j = j0 + 16 * kw + g + 8 * h;
+          float& x = s[nt][2 * h + e];
+          x = i < n && j < n ? expf(x * p.scale - lse_i) : 0.0f;
+        }
+      }
+    // dV^T[j][c] += sum_i P^T[j][i] dout[c][i] over the warp's 128 channels.
+    warp_p_yt<T, CVW>(dva, s, dot + cw * CVW * PITCH, cv - cw * CVW, true);
+    // dP^T[j][i] = sum_c v[c][j] dout[c][i], this warp's part of the channels.
+    float dp[BN / 8][4];
+    mma::zero(dp);
+    const int part = min(CVW, cvp - cw * CVW);
+    if (part > 0) warp_xt_y<T, BN, KPITCH>(dp, vs + cw * CVW * KPITCH, 16 * kw, dot + cw * CVW * PITCH, part, true);
+    __syncthreads();  // every warp is done with this dout stage: it holds the exchange now
+    float4* exchange = reinterpret_cast<float4*>(dot);  // [warp][nt][lane]
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt)
+      exchange[(warp * (BN / 8) + nt) * 32 + lane] = make_float4(dp[nt][0], dp[nt][1], dp[nt][2], dp[nt][3]);
+    __syncthreads();
+    // dS^T of the key group's 16 keys and queries 16 cw .. + 15 (fragment tiles 2 cw and
+    // 2 cw + 1; the loop runs over all eight so that s is indexed by constants).
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+      if (nt / 2 != cw) continue;  // warp-uniform
+      float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+      for (int w = 0; w < 4; ++w) {
+        const float4 x = exchange[((4 * kw + w) * (BN / 8) + nt) * 32 + lane];
+        d[0] += x.x;
+        d[1] += x.y;
+        d[2] += x.z;
+        d[3] += x.w;
+      }
+      float dlt[2];
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int i = i0 + 8 * nt + 2 * t + e;
+        dlt[e] = i < n ? delta[i] : 0.0f;
+      }
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float ds[2];
+#pragma unroll
+        for (int e = 0; e < 2; ++e) ds[e] = p.scale * s[nt][2 * h + e] * (gm * d[2 * h + e] - dlt[e]);
+        *reinterpret_cast<uint32_t*>(dsts + (16 * kw + g + 8 * h) * PITCH + 8 * nt + 2 * t) =
+            mma::pack2<E>(ds[0], ds[1]);
+      }
+    }
+    __syncthreads();
+    // dK^T[j][c] += sum_i dS^T[j][i] q[c][i]: dS^T back in fragment form (exact: T values).
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int e = 0; e < 2; ++e)
+          s[nt][2 * h + e] = to_float(dsts[(16 * kw + g + 8 * h) * PITCH + 8 * nt + 2 * t + e]);
+    warp_p_yt<T, 16>(dka, s, qt + 16 * cw * PITCH, cqkp - 16 * cw, true);
+    // dQ[i][c] += sum_j dS^T[j][i] k^T[j][c] for queries i0 + 16 cw .. + 15, channels
+    // 32 kw .. + 31: this key tile's share, added atomically.
+    if (32 * kw < cqk) {
+      float dqa[4][4];
+      mma::zero(dqa);
+      warp_xt_y<T, 32>(dqa, dsts, 16 * cw, kts + 32 * kw, BK, true);
+#pragma unroll
+      for (int nc = 0; nc < 4; ++nc)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int c = 32 * kw + 8 * nc + 2 * t + e % 2, i = i0 + 16 * cw + g + 8 * (e / 2);
+          if (c < cqk && i < n) atomicAdd(dq_acc + ((int64_t)b * cqk + c) * n + i, dqa[nc][e]);
+        }
+    }
+    __syncthreads();  // every warp is done with this stage and dS^T before they are refilled
+  }
+
+  // dV^T and dK^T through shared fp32 (the stages are free: no copy is in flight), then
+  // stored with consecutive threads on consecutive keys.
+  float* dks = os + cvp * (BK + 4);
+#pragma unroll
+  for (int nc = 0; nc < CVW / 8; ++nc)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int c = cw * CVW + 8 * nc + 2 * t + e % 2;
+      if (c < cvp) os[c * (BK + 4) + 16 * kw + g + 8 * (e / 2)] = dva[nc][e];
+    }
+#pragma unroll
+  for (int nc = 0; nc < 2; ++nc)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int c = 16 * cw + 8 * nc + 2 * t + e % 2;
+      if (c < cqkp) dks[c * (BK + 4) + 16 * kw + g + 8 * (e / 2)] = dka[nc][e];
+    }
+  __syncthreads();
+  store_staged<T, CV_MAX, BK, BLOCK_THREADS>(os, dv, nullptr, nullptr, gm, b, 0, cv, j0, n);
+  store_staged<T, CQK_MAX, BK, BLOCK_THREADS>(dks, dk, nullptr, nullptr, 1.0f, b, 0, cqk, j0, n);
 #else
   __trap();  // the host dispatch launches this kernel on sm_80 and newer only
 #endif

@@ -68,12 +68,23 @@ def pam_forward(lib, q, k, v, gamma, residual, scale, legacy=False, tf32=False):
     return out, o, lse
 
 
-def pam_backward(lib, dout, q, k, v, gamma, o, lse, scale, legacy=False, tf32=False):
+# The fused backward's reach (csrc/pam_kernels.cuh, pam_fused::fits).
+FUSED_MAX_CQK, FUSED_MAX_CV = 64, 512
+# emu_pam_backward's return: which kernels ran (PamBackwardPath in emulate.cpp).
+SPLIT_MMA, FUSED_MMA = 1, 2
+
+
+def fused_fits(dtype: torch.dtype, cqk: int, cv: int) -> bool:
+    return dtype in (torch.float16, torch.bfloat16) and 0 < cqk <= FUSED_MAX_CQK and 0 < cv <= FUSED_MAX_CV
+
+
+def pam_backward(lib, dout, q, k, v, gamma, o, lse, scale, legacy=False, tf32=False, fused=False):
     """-> (dq, dk, dv, dgamma); o and lse as ``pam_forward`` returned them.
 
     Every dtype runs the mma.sync dV and dK/dQ kernels as the extension does on sm_80+
     (``tf32`` as for ``pam_forward``: all but the energies as one TF32 product);
-    ``legacy`` runs the 64x64 tile kernels instead."""
+    ``legacy`` runs the 64x64 tile kernels instead; ``fused`` the one-kernel backward
+    where the extension would (fp16/bf16, Cqk <= 64, Cv <= 512), asserting that it ran."""
     b, cqk, n = q.shape
     cv = v.shape[1]
     dq, dk, dv = (torch.full_like(t, float("nan")) for t in (q, k, v))
@@ -85,7 +96,9 @@ def pam_backward(lib, dout, q, k, v, gamma, o, lse, scale, legacy=False, tf32=Fa
     if legacy:
         _entry(lib, "emu_pam_backward_legacy", q.dtype)(*args)
     else:
-        _entry(lib, "emu_pam_backward", q.dtype)(*args, i(int(tf32)))
+        path = _entry(lib, "emu_pam_backward", q.dtype)(*args, i(int(tf32)), i(int(fused)))
+        expected = FUSED_MMA if fused and fused_fits(q.dtype, cqk, cv) else SPLIT_MMA
+        assert path == expected or cqk == 0 or cv == 0, (path, expected)
     return dq, dk, dv, dgamma
 
 

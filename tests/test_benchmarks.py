@@ -230,9 +230,10 @@ def test_cpu_crossover_prints_both_backends_per_size(capsys):
 
 
 def test_variant_rows_follow_each_triton_row_and_name_real_switches(monkeypatch):
-    """``--variants``: each triton row is followed by the variants that change something for
-    it, and every variant's environment is one the Triton backend reads and accepts."""
+    """``--variants``: each triton and cuda row is followed by the variants that change
+    something for it, and every variant's environment is one its backend reads and accepts."""
     from benchmarks import variants
+    from danet_ops import cuda
     from danet_ops.triton import configs, pam
 
     base = dict(shape="64x128", B=2, C=512, N=8192)
@@ -242,7 +243,10 @@ def test_variant_rows_follow_each_triton_row_and_name_real_switches(monkeypatch)
             dict(base, op="pam", dtype="bf16", mode="fwdbwd", backend="triton"),
             dict(base, op="pam", dtype="bf16", mode="fwd", backend="triton", shape="97x97", N=9409),
             dict(base, op="cam", dtype="bf16", mode="fwdbwd", backend="triton"),
-            dict(base, op="cam", dtype="fp32", mode="fwd", backend="triton")]
+            dict(base, op="cam", dtype="fp32", mode="fwd", backend="triton"),
+            dict(base, op="pam", dtype="fp16", mode="fwdbwd", backend="cuda"),
+            dict(base, op="pam", dtype="fp16", mode="fwd", backend="cuda"),
+            dict(base, op="pam", dtype="fp32", mode="fwdbwd", backend="cuda")]
     got = [(c["op"], c["dtype"], c["mode"], c["backend"]) for c in variants.with_variants(cfgs)]
     assert got == [
         ("pam", "fp32", "fwdbwd", "eager"),
@@ -259,16 +263,21 @@ def test_variant_rows_follow_each_triton_row_and_name_real_switches(monkeypatch)
         ("cam", "bf16", "fwdbwd", "triton"),
         ("cam", "fp32", "fwd", "triton"),
         ("cam", "fp32", "fwd", "triton[fp32=ieee]"),
+        ("pam", "fp16", "fwdbwd", "cuda"),
+        ("pam", "fp16", "fwdbwd", "cuda[bwd=fused]"),
+        ("pam", "fp16", "fwd", "cuda"),
+        ("pam", "fp32", "fwdbwd", "cuda"),  # fp32: the split backward anyway
     ]
     readers = {pam.FWD_VARIANT_ENV: pam.forward_variant, pam.LOADS_VARIANT_ENV: pam.load_variant,
                pam.BWD_VARIANT_ENV: lambda: pam.backward_variant(512, torch.bfloat16),
-               configs.FP32_ENV: configs.fp32_exact_precision}
+               configs.FP32_ENV: configs.fp32_exact_precision, cuda.BWD_VARIANT_ENV: cuda.backward_variant}
     for key in readers:
         monkeypatch.delenv(key, raising=False)
-    for name, env in variants.VARIANTS.items():
-        (key, value), = env.items()
-        assert key in readers, f"variant {name} sets {key}, which danet_ops.triton does not read"
-        with variants.backend_of(dict(backend=f"triton[{name}]")) as call:
-            assert call["backend"] == "triton" and os.environ[key] == value
-            assert readers[key]() == value  # accepted, and not the default
-        assert os.environ.get(key) != value  # restored
+    for backend, named in variants.VARIANTS.items():
+        for name, env in named.items():
+            (key, value), = env.items()
+            assert key in readers, f"variant {name} sets {key}, which danet_ops.{backend} does not read"
+            with variants.backend_of(dict(backend=f"{backend}[{name}]")) as call:
+                assert call["backend"] == backend and os.environ[key] == value
+                assert readers[key]() == value  # accepted, and not the default
+            assert os.environ.get(key) != value  # restored

@@ -211,6 +211,67 @@ def test_emulated_pam_kernels_match_chunked(emulated_kernels, dtype, shape, scal
         assert rel_err(dgamma, refs[3]) <= tol
 
 
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+@pytest.mark.parametrize("shape,with_gamma", [
+    # ragged N over five key tiles of 32, Cqk not a multiple of 8, Cv under one warp's 128
+    # channels (the dP exchange larger than the dout stage rows); batch 2 with Cv over one
+    # warp's channels and N past four key tiles; DANet's widths (Cqk 64, Cv 512); N under
+    # one 16-row fragment; Cqk 40 (the second dQ channel half partly past Cqk), Cv 300.
+    ((1, 5, 70, 131), True),
+    ((2, 16, 130, 136), True),
+    ((1, 64, 512, 70), True),
+    ((1, 8, 200, 9), False),
+    ((1, 40, 300, 64), True),
+], ids=str)
+def test_emulated_fused_pam_backward_matches_chunked(emulated_kernels, dtype, shape, with_gamma):
+    """pam_bwd_fused_mma_kernel (DANET_OPS_CUDA_PAM_BWD=fused): dK, dV and the atomically
+    summed dQ against the float64 reference; the helper asserts that the fused kernel ran."""
+    b, cqk, cv, n = shape
+    q, k, v, dout = (torch.randn(b, c, n).to(dtype) for c in (cqk, cqk, cv, cv))
+    gamma = torch.tensor(0.75) if with_gamma else None
+    _, o, lse = cuda_emulation.pam_forward(emulated_kernels, q, k, v, gamma, None, 0.7)
+    dq, dk, dv, dgamma = cuda_emulation.pam_backward(emulated_kernels, dout, q, k, v, gamma, o, lse, 0.7,
+                                                     fused=True)
+    _, ref_lse, _ = chunked.pam_forward(_d(q), _d(k), _d(v), _d(gamma), None, 0.7, True)
+    refs = chunked.pam_backward(_d(dout), _d(q), _d(k), _d(v), _d(gamma), _d(o), ref_lse, 0.7)
+    for name, got, ref in zip(("dq", "dk", "dv"), (dq, dk, dv), refs):
+        assert rel_err(got, ref) <= EMU_TOL[dtype], name
+    if gamma is not None:
+        assert rel_err(dgamma, refs[3]) <= EMU_TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype,shape", [(torch.float32, (1, 5, 70, 131)), (torch.float16, (1, 70, 20, 67)),
+                                         (torch.bfloat16, (1, 8, 520, 40))], ids=str)
+def test_emulated_fused_request_falls_back_to_the_split_kernels(emulated_kernels, dtype, shape):
+    """fp32, Cqk over 64 or Cv over 512: ``fused`` runs the split kernels (the helper
+    asserts which ran), with the same results as without it."""
+    b, cqk, cv, n = shape
+    q, k, v, dout = (torch.randn(b, c, n).to(dtype) for c in (cqk, cqk, cv, cv))
+    _, o, lse = cuda_emulation.pam_forward(emulated_kernels, q, k, v, None, None, 1.0)
+    fused = cuda_emulation.pam_backward(emulated_kernels, dout, q, k, v, None, o, lse, 1.0, fused=True)
+    split = cuda_emulation.pam_backward(emulated_kernels, dout, q, k, v, None, o, lse, 1.0)
+    for got, ref in zip(fused[:3], split[:3]):
+        assert torch.equal(got, ref)
+
+
+def test_backward_variant_follows_the_environment_and_deterministic_mode(monkeypatch):
+    from danet_ops import cuda
+
+    monkeypatch.delenv(cuda.BWD_VARIANT_ENV, raising=False)
+    assert cuda.backward_variant() == "split"
+    monkeypatch.setenv(cuda.BWD_VARIANT_ENV, " Fused ")
+    assert cuda.backward_variant() == "fused"
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert cuda.backward_variant() == "split"  # its dQ atomics add in no fixed order
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    monkeypatch.setenv(cuda.BWD_VARIANT_ENV, "fast")
+    with pytest.raises(ValueError, match="DANET_OPS_CUDA_PAM_BWD must be 'split' or 'fused', got 'fast'"):
+        cuda.backward_variant()
+
+
 @pytest.mark.parametrize("shape", [(1, 5, 70, 131), (1, 130, 8, 40)])
 def test_emulated_pam_fp32_tf32_mode_is_plain_tf32(emulated_kernels, shape):
     """fp32 with tf32 (torch's matmul precision "high"/"medium"): the products other than

@@ -60,6 +60,20 @@ def test_pam_matches_float64_reference(dtype, shape):
     check_pam("cuda", *shape, dtype=dtype, device="cuda", magnitude=0.5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [
+    # DANet's widths at the 97x97 crop; ragged N over key tiles of 32 with Cv under one
+    # warp's 128 channels; N under one fragment; Cqk 40, Cv 300 (the emulated cases).
+    (2, 64, 512, 9409), (3, 5, 70, 13 * 17), (1, 8, 200, 9), (1, 40, 300, 64), (2, 16, 130, 136),
+])
+def test_pam_fused_backward_matches_float64_reference(dtype, shape, monkeypatch):
+    from danet_ops import cuda
+
+    monkeypatch.setenv(cuda.BWD_VARIANT_ENV, "fused")
+    assert cuda.backward_variant() == "fused"
+    check_pam("cuda", *shape, dtype=dtype, device="cuda", magnitude=0.5)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_pam_without_epilogue_and_with_scale(dtype):
     check_pam("cuda", 2, 16, 40, 300, dtype=dtype, device="cuda", gamma=False, residual=False, scale=0.3)

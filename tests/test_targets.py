@@ -72,12 +72,14 @@ def test_variant_rows_against_plain_triton_of_the_same_run(tmp_path):
     rows = _rows(tmp_path, [
         _row("triton", 2.0), _row("triton[loads=tma]", 1.0), _row("triton[fwd=two_pass]", 4.0),
         _row("triton[bwd=fused]", 1.0, mode="fwdbwd"),  # no plain row to compare with
+        _row("cuda", 3.0, mode="fwdbwd"), _row("cuda[bwd=fused]", 2.0, mode="fwdbwd"),
     ])
     found = {(r["backend"], ratio) for _, r, ratio in targets.variant_rows(rows)}
-    assert found == {("triton[loads=tma]", 2.0), ("triton[fwd=two_pass]", 0.5)}
+    assert found == {("triton[loads=tma]", 2.0), ("triton[fwd=two_pass]", 0.5), ("cuda[bwd=fused]", 1.5)}
     text = targets.markdown([], targets.variant_rows(rows))
     assert "triton[loads=tma]: faster than triton in 1 of 1 rows, geometric mean 2.00×" in text
     assert "triton[fwd=two_pass]: faster than triton in 0 of 1 rows, geometric mean 0.50×" in text
+    assert "cuda[bwd=fused]: faster than cuda in 1 of 1 rows, geometric mean 1.50×" in text
 
 
 @pytest.mark.parametrize("memcheck,racecheck,expected", [

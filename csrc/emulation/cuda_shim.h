@@ -7,12 +7,13 @@
 // The half types and nvcuda::wmma are emulated too (below), so the tensor-core path of the
 // fp16/bf16 kernels runs here as well, and so are the warp-level instructions of ../mma.cuh
 // (mma.sync m16n8k16 and m16n8k8 .tf32, cvt.rna.tf32.f32, ldmatrix, cp.async, the copies
-// deferred to the wait that retires them) with the fragment layouts the PTX ISA documents,
+// deferred to the wait that retires them; fp32 atomicAdd) with the fragment layouts the PTX ISA documents,
 // and the block's dynamic shared memory (sized per launch, exactly, so AddressSanitizer
 // sees overruns).
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -73,6 +74,15 @@ inline void __syncthreads() { emu::block_barrier->arrive_and_wait(); }
 struct uint4 {
   unsigned x, y, z, w;
 };
+struct float4 {
+  float x, y, z, w;
+};
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+
+// The threads of a block run at once: atomicAdd is a real atomic read-modify-write.
+inline float atomicAdd(float* address, float value) {
+  return std::atomic_ref<float>(*address).fetch_add(value);
+}
 
 inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
   const unsigned t = threadIdx.x;

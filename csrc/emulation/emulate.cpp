@@ -74,13 +74,18 @@ static void pam_forward(const T* q, const T* k, const T* v, const T* residual,
   }
 }
 
-// legacy: the 64x64 tile kernels, as for the forward; otherwise the mma.sync dV and dK/dQ
-// kernels on rows padded as ../pam.cu pads them (tf32 as for the forward).
+// Which kernels pam_backward ran (the tests check that the one they meant to test did).
+enum PamBackwardPath { TILE_KERNELS = 0, SPLIT_MMA = 1, FUSED_MMA = 2 };
+
+// legacy: the 64x64 tile kernels, as for the forward; fused: pam_bwd_fused_mma_kernel where
+// ../pam.cu would launch it (pam_fused::fits); otherwise the mma.sync dV and dK/dQ kernels;
+// the mma kernels on rows padded as ../pam.cu pads them (tf32 as for the forward).
 template <typename T>
-static void pam_backward(const T* dout, const T* q, const T* k, const T* v,
-                         const float* gamma, const T* o, const float* lse, T* dq, T* dk,
-                         T* dv, float* rowdot, float* delta, float* dgamma, int batch, int cqk,
-                         int cv, int n, float scale, bool legacy = false, bool tf32 = false) {
+static PamBackwardPath pam_backward(const T* dout, const T* q, const T* k, const T* v,
+                                    const float* gamma, const T* o, const float* lse, T* dq, T* dk,
+                                    T* dv, float* rowdot, float* delta, float* dgamma, int batch,
+                                    int cqk, int cv, int n, float scale, bool legacy = false,
+                                    bool tf32 = false, bool fused = false) {
   PamArgs<T> p{};
   p.q = q;
   p.k = k;
@@ -114,6 +119,17 @@ static void pam_backward(const T* dout, const T* q, const T* k, const T* v,
         p.dout = dp.data();
       }
       p.ld = ld;
+      if constexpr (sizeof(T) == 2) {
+        if (fused && pam_fused::fits<T>(cqk, cv)) {
+          std::vector<float> dq_acc((size_t)batch * cqk * n, 0.0f);
+          emu_launch(dim3(ceil_div(n, pam_fused::BK), batch), pam_fused::BLOCK_THREADS,
+                     [&] { pam_bwd_fused_mma_kernel<T>(p, dk, dv, dq_acc.data()); },
+                     pam_fused::smem_bytes<T>(cqk, cv));
+          for (size_t e = 0; e < dq_acc.size(); ++e) dq[e] = T(dq_acc[e]);
+          emu_launch(dim3(1), THREADS, [&] { sum_all_kernel<float>(rowdot, (int64_t)batch * n, dgamma); });
+          return FUSED_MMA;
+        }
+      }
       emu_launch(dim3(ceil_div(n, pam_mma::BM), ceil_div(cv, pam_mma::CVT), batch), pam_mma::BLOCK_THREADS,
                  [&] { pam_dv_mma_kernel<T>(p, dv); }, pam_mma::smem_bytes<T>(cqk));
       const dim3 grid(ceil_div(n, pam_mma::BM), ceil_div(cqk, pam_mma::GC), batch);
@@ -131,6 +147,7 @@ static void pam_backward(const T* dout, const T* q, const T* k, const T* v,
     emu_launch(grid, THREADS, [&] { pam_dqk_kernel<T, false>(p, dq); });
   }
   emu_launch(dim3(1), THREADS, [&] { sum_all_kernel<float>(rowdot, (int64_t)batch * n, dgamma); });
+  return use_mma ? SPLIT_MMA : TILE_KERNELS;
 }
 
 // splits > 1 exercises the split-K path of the Gram products (ws: splits * B * C * C);
@@ -358,13 +375,14 @@ static void cam_backward(const T* dout, const T* x, const float* attn, const flo
     pam_forward<T>((const T*)q, (const T*)k, (const T*)v, (const T*)residual, gamma, (T*)out,   \
                    (T*)o, lse, batch, cqk, cv, n, scale, true);                                 \
   }                                                                                             \
-  extern "C" void emu_pam_backward##SUFFIX(                                                     \
+  extern "C" int emu_pam_backward##SUFFIX(                                                      \
       const void* dout, const void* q, const void* k, const void* v, const float* gamma,        \
       const void* o, const float* lse, void* dq, void* dk, void* dv, float* rowdot,             \
-      float* delta, float* dgamma, int batch, int cqk, int cv, int n, float scale, int tf32) {  \
-    pam_backward<T>((const T*)dout, (const T*)q, (const T*)k, (const T*)v, gamma, (const T*)o,  \
-                    lse, (T*)dq, (T*)dk, (T*)dv, rowdot, delta, dgamma, batch, cqk, cv, n,      \
-                    scale, false, tf32 != 0);                                                   \
+      float* delta, float* dgamma, int batch, int cqk, int cv, int n, float scale, int tf32,    \
+      int fused) {                                                                              \
+    return pam_backward<T>((const T*)dout, (const T*)q, (const T*)k, (const T*)v, gamma,        \
+                           (const T*)o, lse, (T*)dq, (T*)dk, (T*)dv, rowdot, delta, dgamma,     \
+                           batch, cqk, cv, n, scale, false, tf32 != 0, fused != 0);             \
   }                                                                                             \
   extern "C" void emu_pam_backward_legacy##SUFFIX(                                              \
       const void* dout, const void* q, const void* k, const void* v, const float* gamma,        \

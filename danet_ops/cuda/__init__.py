@@ -7,6 +7,11 @@ float32 run on TF32 tensor cores as 3xTF32 (fp32-accurate) on sm_80+; under
 ``torch.set_float32_matmul_precision("high")`` or ``"medium"`` their products other than the
 energies (PAM's q·k, CAM's Gram X·Xᵀ and its gradient dout·Xᵀ) run as one TF32 product
 (``_tf32``), as the Triton backend's do.
+
+PAM's backward has two variants (``DANET_OPS_CUDA_PAM_BWD``, read at each call): ``split``
+(default: separate dV and dK/dQ kernels, deterministic) and ``fused`` (one kernel computing
+P and dS once per tile pair, dQ summed by fp32 atomics; fp16/bf16 with Cqk <= 64 and
+Cv <= 512, elsewhere and under ``torch.use_deterministic_algorithms`` the split one).
 """
 from __future__ import annotations
 
@@ -15,7 +20,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from danet_ops import env
 from danet_ops.cuda import build
+
+BWD_VARIANT_ENV = "DANET_OPS_CUDA_PAM_BWD"
 
 
 def unavailable_reason(device: torch.device) -> Optional[str]:
@@ -45,6 +53,14 @@ def _tf32() -> bool:
     return torch.get_float32_matmul_precision() != "highest"
 
 
+def backward_variant() -> str:
+    """``split`` (default) or ``fused`` (``DANET_OPS_CUDA_PAM_BWD=fused``, not under torch's
+    deterministic mode: its dQ atomics add in no fixed order). The extension runs ``fused``
+    where it serves the dtype and widths (fp16/bf16, Cqk <= 64, Cv <= 512)."""
+    value = env.choice(BWD_VARIANT_ENV, ("split", "fused"))
+    return "split" if torch.are_deterministic_algorithms_enabled() else value
+
+
 def pam_forward(q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor], residual: Optional[Tensor],
                 scale: float, save_o: bool) -> tuple[Tensor, Tensor, Tensor]:
     """q, k ``[B, Cqk, N]``, v/residual ``[B, Cv, N]`` -> (out, lse fp32 ``[B, N]``, raw o or empty)."""
@@ -56,7 +72,7 @@ def pam_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, gamma: Optional[
                  lse: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """-> (dq, dk, dv, dgamma); o the raw attention output, lse from ``pam_forward``."""
     return tuple(_ext().pam_backward(_c(dout), _c(q), _c(k), _c(v), _c(gamma), _c(o),
-                                     _c(lse.float()), float(scale), _tf32()))
+                                     _c(lse.float()), float(scale), _tf32(), backward_variant() == "fused"))
 
 
 def cam_forward(x: Tensor, gamma: Optional[Tensor]) -> tuple[Tensor, Tensor]:

@@ -25,6 +25,7 @@ from typing import Callable, Optional, Sequence
 import torch
 import triton
 
+from danet_ops import env
 from danet_ops.triton import interpreter_enabled
 
 CONFIG_ENV = "DANET_OPS_TRITON_CONFIG"
@@ -50,10 +51,7 @@ def fp32_exact_precision() -> str:
     """How fp32 products run where fp32 accuracy is required: ``"tf32x3"`` (default: three
     TF32 tensor-core products per product, error at the fp32 level) or ``"ieee"``
     (``DANET_OPS_TRITON_FP32=ieee``: exact FMA products, far slower on tensor-core GPUs)."""
-    value = os.environ.get(FP32_ENV, "tf32x3").strip().lower()
-    if value not in ("tf32x3", "ieee"):
-        raise ValueError(f"{FP32_ENV} must be 'tf32x3' or 'ieee', got {value!r}")
-    return value
+    return env.choice(FP32_ENV, ("tf32x3", "ieee"))
 
 
 def dot_precisions(dtype: torch.dtype) -> tuple[str, str]:

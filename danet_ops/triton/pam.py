@@ -22,7 +22,6 @@ log-sum-exp ``lse`` is in natural-log units, as the contract says.
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -31,6 +30,7 @@ import triton.language as tl
 from torch import Tensor
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from danet_ops import env
 from danet_ops.triton import configs
 from danet_ops.triton.padding import pad_rows
 
@@ -754,10 +754,7 @@ def load_variant() -> str:
     strides, any GPU) or ``tma`` (``DANET_OPS_TRITON_LOADS=tma``: tensor descriptors, copied
     by the Hopper TMA unit; only where ``tma_fits`` and not with exact FMA dots, else
     ``pointer``)."""
-    value = os.environ.get(LOADS_VARIANT_ENV, "pointer").strip().lower()
-    if value not in ("pointer", "tma"):
-        raise ValueError(f"{LOADS_VARIANT_ENV} must be 'pointer' or 'tma', got {value!r}")
-    return value
+    return env.choice(LOADS_VARIANT_ENV, ("pointer", "tma"))
 
 
 def tma_fits(*tensors: Tensor) -> bool:
@@ -781,19 +778,14 @@ def _descriptor(t: Tensor) -> TensorDescriptor:
 
 def forward_variant() -> str:
     """``online`` (default) or ``two_pass`` (``DANET_OPS_TRITON_PAM_FWD=two_pass``)."""
-    value = os.environ.get(FWD_VARIANT_ENV, "online").strip().lower()
-    if value not in ("online", "two_pass"):
-        raise ValueError(f"{FWD_VARIANT_ENV} must be 'online' or 'two_pass', got {value!r}")
-    return value
+    return env.choice(FWD_VARIANT_ENV, ("online", "two_pass"))
 
 
 def backward_variant(cv: int, dtype: torch.dtype = torch.float16) -> str:
     """``split`` (default: the measured one, benchmarks/results/nvidia-h200/) or ``fused``
     (``DANET_OPS_TRITON_PAM_BWD=fused``; fp16/bf16 with value widths up to FUSED_MAX_CV,
     else ``split``)."""
-    value = os.environ.get(BWD_VARIANT_ENV, "split").strip().lower()
-    if value not in ("split", "fused"):
-        raise ValueError(f"{BWD_VARIANT_ENV} must be 'split' or 'fused', got {value!r}")
+    value = env.choice(BWD_VARIANT_ENV, ("split", "fused"))
     fits = cv <= FUSED_MAX_CV and dtype in (torch.float16, torch.bfloat16)
     return "fused" if value == "fused" and fits else "split"
 
