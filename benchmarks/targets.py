@@ -7,9 +7,9 @@ ROWS_CSV is the headline's ``rows.csv`` (or a ``pam.csv`` it rendered); ``--env`
 ``sanitizer.txt``. Prints two Markdown tables: every target (issue, target, shape,
 measured, met: yes / no / – where a row it needs was not measured), then each variant
 row (``triton[...]``, ``cuda[...]``) against the plain row of its backend at the same
-shape, dtype and mode (which variant to make the default, which to delete). The GPU runbook appends both to its
-summary. Ratios are taken between rows of one run (the ``run`` column, where a table joins
-several), as the benchmark protocol asks.
+shape, dtype and mode (which variant to make the default, which to delete). The GPU
+runbook appends both to its summary. Ratios are taken between rows of one run (the
+``run`` column, where a table joins several), as the benchmark protocol asks.
 """
 from __future__ import annotations
 

@@ -20,6 +20,8 @@
 //   cp_async_cg16 / _ca16        cp.async.{cg,ca}.shared.global 16 bytes, zero-filled past
 //                                src_bytes; cp_async_commit / cp_async_wait<N> for pipelines
 //   ld_global_128, st_global_128 one 128-bit global load / store (16-byte aligned addresses)
+//   red_add_f32x2(p, a, b)       p[0] += a, p[1] += b atomically (global, 8-byte aligned): one
+//                                float2 atomicAdd on sm_90, two fp32 ones before
 //   cp_async_wait_stage(next)    a two-stage pipeline's wait and barrier (below)
 //   zero(f)                      accumulator fragments set to zero
 //   pack2<E>(lo, hi)             two fp32 -> one .b32 register of two E (lo in bits 0..15)
@@ -99,6 +101,7 @@ inline float uint_as_float(uint32_t u) {
   return f;
 }
 inline void ld_shared_f2(const float* p, float& x0, float& x1) { emu::ld_shared_f2(p, x0, x1); }
+inline void red_add_f32x2(float* p, float a, float b) { emu::red_add_f32x2(p, a, b); }
 
 #else  // CUDA
 
@@ -189,6 +192,17 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() {
 #if DANET_HAS_MMA
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+// p[0] += a, p[1] += b atomically in global memory (p 8-byte aligned): one float2 atomicAdd
+// on sm_90 (vector atomics need compute capability 9.x), two fp32 atomicAdds before.
+__device__ __forceinline__ void red_add_f32x2(float* p, float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  atomicAdd(reinterpret_cast<float2*>(p), make_float2(a, b));
+#else
+  atomicAdd(p, a);
+  atomicAdd(p + 1, b);
 #endif
 }
 

@@ -42,7 +42,9 @@
 // types on WMMA (tile.cuh).
 // Both write the per-row log-sum-exp (natural log) for backward.
 //
-// Backward is deterministic (no atomics), FA2-style with P recomputed from the LSE:
+// Backward, by default deterministic (no atomics), FA2-style with P recomputed from the LSE
+// (the fused variant, pam_bwd_fused_mma_kernel below, trades that for P and dS once per
+// tile pair):
 //   preprocess: rowdot[i] = sum_c dout[c][i] o[c][i]; delta = gamma * rowdot;
 //               dgamma = sum rowdot (fixed-order reduction)
 //   dV kernel:  per (key tile, v-channel tile): dV[c][j] = sum_i dO[c][i] P[i][j]
@@ -495,6 +497,28 @@ __device__ __forceinline__ void warp_p_yt(float (&acc)[NC / 8][4], const float (
   }
 }
 
+// S^T fragments of a warp_xt_y product (keys j = j_row0 + g + 8h in element 2h + e,
+// queries i = i0 + 8 nt + 2t + e) turned into P^T[j][i] = exp(scale * S^T[j][i] - lse_i)
+// in place, from the forward's LSE; 0 past N on either axis (the zero padding alone would
+// give exp(0 - lse)). The backward kernels that own keys recompute P this way.
+__device__ __forceinline__ void probs_t(float (&s)[pam_mma::BN / 8][4], const float* lse, float scale,
+                                        int j_row0, int i0, int n) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int nt = 0; nt < pam_mma::BN / 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int i = i0 + 8 * nt + 2 * t + e;
+      const float lse_i = i < n ? lse[i] : 0.0f;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int j = j_row0 + g + 8 * h;
+        float& x = s[nt][2 * h + e];
+        x = i < n && j < n ? expf(x * scale - lse_i) : 0.0f;
+      }
+    }
+}
+
 // In the fragments below, g = lane / 4 and t = lane % 4 (mma.cuh); the warp's rows are
 // i0 + 16 warp + g (fragment elements 0, 1) and + g + 8 (elements 2, 3).
 // q, k, v are read with row stride p.ld (pam.cu pads them to a multiple of 8 positions,
@@ -686,20 +710,7 @@ pam_dv_mma_kernel(PamArgs<T> p, T* dv) {
     float s[BN / 8][4];
     mma::zero(s);
     warp_xt_y(s, ks, 16 * warp, qt, cqkp, true);
-    // P^T[j][i]: key j = j0 + 16 warp + g + 8h (element 2h + e), query i = i0 + 8 nt + 2t + e.
-#pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int i = i0 + 8 * nt + 2 * t + e;
-        const float lse_i = i < n ? lse[i] : 0.0f;
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int j = j0 + 16 * warp + g + 8 * h;
-          float& x = s[nt][2 * h + e];
-          x = i < n && j < n ? expf(x * p.scale - lse_i) : 0.0f;
-        }
-      }
+    probs_t(s, lse, p.scale, j0 + 16 * warp, i0, n);
     // dV[j][c] += sum_i P^T[j][i] dout[c][i] (dout stored [c][i]).
     warp_p_yt<T, CVT>(acc, s, dt, cv - c0, exact);
     __syncthreads();
@@ -866,8 +877,9 @@ pam_dqk_mma_kernel(PamArgs<T> p, T* grad) {
 //   shared memory (in the dout stage, once every warp is done reading it): warp cw sums
 //   queries 16 cw .. + 15 and writes dS^T = scale P^T (gamma dP^T - delta) there as T;
 //   dK^T += dS^T q^T (the key group's 16 keys, 16 qk channels a warp);
-//   dQ += dS k^T (query group cw, qk channels 32 kw .. + 31, k^T staged once), added
-//   atomically (fp32 atomicAdd) to an fp32 [B, Cqk, N] buffer the host zeroes and converts:
+//   dQ^T += k dS^T (qk channels 16 cw .. + 15, queries 32 kw .. + 31; k^T staged once),
+//   added atomically (a float2 atomicAdd on sm_90 for two neighbouring queries) to an fp32
+//   [B, Cqk, N] buffer the host zeroes and converts:
 //   not deterministic, so danet_ops.cuda takes the split kernels under
 //   torch.use_deterministic_algorithms.
 // fp32 is left out: its stages would need twice the shared memory (there is none left) and
@@ -877,7 +889,7 @@ constexpr int WARPS = 8;
 constexpr int BLOCK_THREADS = 32 * WARPS;
 constexpr int BK = 32;               // keys per block: two groups of 16 (warp / 4)
 constexpr int KPITCH = BK + 8;       // resident k, v rows: 80 bytes, conflict-free ldmatrix
-constexpr int CQK_MAX = 64;          // dK^T: 16 channels a warp of a key group; dQ: 32 a warp
+constexpr int CQK_MAX = 64;          // dK^T and dQ^T: 16 qk channels a warp
 constexpr int CV_MAX = 512;          // dV^T and dP^T: 128 channels a warp of a key group
 constexpr int CVW = CV_MAX / 4;
 constexpr int EXCHANGE_BYTES = WARPS * (pam_mma::BN / 8) * 32 * 16;  // dP^T partials, float4 a lane
@@ -969,24 +981,11 @@ pam_bwd_fused_mma_kernel(PamArgs<T> p, T* dk, T* dv, float* dq_acc) {
       }
     }
 
-    // P^T[j][i] = exp(scale * k_j.q_i - lse_i): key j = j0 + 16 kw + g + 8h (element
-    // 2h + e), query i = i0 + 8 nt + 2t + e; 0 past N on either axis.
+    // P^T of the key group's 16 keys and the 64 queries of the tile.
     float s[BN / 8][4];
     mma::zero(s);
     warp_xt_y<T, BN, KPITCH>(s, ks, 16 * kw, qt, cqkp, true);
-#pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int i = i0 + 8 * nt + 2 * t + e;
-        const float lse_i = i < n ? lse[i] : 0.0f;
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int j = j0 + 16 * kw + g + 8 * h;
-          float& x = s[nt][2 * h + e];
-          x = i < n && j < n ? expf(x * p.scale - lse_i) : 0.0f;
-        }
-      }
+    probs_t(s, lse, p.scale, j0 + 16 * kw, i0, n);
     // dV^T[j][c] += sum_i P^T[j][i] dout[c][i] over the warp's 128 channels.
     warp_p_yt<T, CVW>(dva, s, dot + cw * CVW * PITCH, cv - cw * CVW, true);
     // dP^T[j][i] = sum_c v[c][j] dout[c][i], this warp's part of the channels.
@@ -1039,18 +1038,26 @@ pam_bwd_fused_mma_kernel(PamArgs<T> p, T* dk, T* dv, float* dq_acc) {
         for (int e = 0; e < 2; ++e)
           s[nt][2 * h + e] = to_float(dsts[(16 * kw + g + 8 * h) * PITCH + 8 * nt + 2 * t + e]);
     warp_p_yt<T, 16>(dka, s, qt + 16 * cw * PITCH, cqkp - 16 * cw, true);
-    // dQ[i][c] += sum_j dS^T[j][i] k^T[j][c] for queries i0 + 16 cw .. + 15, channels
-    // 32 kw .. + 31: this key tile's share, added atomically.
-    if (32 * kw < cqk) {
+    // dQ^T[c][i] += sum_j k^T[j][c] dS^T[j][i] for qk channels 16 cw .. + 15 and queries
+    // i0 + 32 kw .. + 31: this key tile's share, added atomically, two neighbouring queries
+    // (one fragment register pair) at a time where their address is 8-byte aligned.
+    if (16 * cw < cqk) {
       float dqa[4][4];
       mma::zero(dqa);
-      warp_xt_y<T, 32>(dqa, dsts, 16 * cw, kts + 32 * kw, BK, true);
+      warp_xt_y<T, 32>(dqa, kts, 16 * cw, dsts + 32 * kw, BK, true);
 #pragma unroll
       for (int nc = 0; nc < 4; ++nc)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int c = 32 * kw + 8 * nc + 2 * t + e % 2, i = i0 + 16 * cw + g + 8 * (e / 2);
-          if (c < cqk && i < n) atomicAdd(dq_acc + ((int64_t)b * cqk + c) * n + i, dqa[nc][e]);
+        for (int h = 0; h < 2; ++h) {
+          const int c = 16 * cw + g + 8 * h, i = i0 + 32 * kw + 8 * nc + 2 * t;
+          if (c >= cqk || i >= n) continue;
+          float* dst = dq_acc + ((int64_t)b * cqk + c) * n + i;
+          if (i + 1 < n && n % 2 == 0) {
+            mma::red_add_f32x2(dst, dqa[nc][2 * h], dqa[nc][2 * h + 1]);
+          } else {
+            atomicAdd(dst, dqa[nc][2 * h]);
+            if (i + 1 < n) atomicAdd(dst + 1, dqa[nc][2 * h + 1]);
+          }
         }
     }
     __syncthreads();  // every warp is done with this stage and dS^T before they are refilled

@@ -364,6 +364,17 @@ inline void ld_shared_f2(const float* p, float& x0, float& x1) {
   x1 = p[1];
 }
 
+// Two fp32 atomic adds to neighbouring addresses (../mma.cuh red_add_f32x2; one float2
+// atomicAdd on sm_90): the address must be 8-byte aligned.
+inline void red_add_f32x2(float* p, float a, float b) {
+  if (reinterpret_cast<uintptr_t>(p) % 8 != 0) {
+    std::fprintf(stderr, "float2 atomic add: address %p is not 8-byte aligned\n", static_cast<void*>(p));
+    std::abort();
+  }
+  atomicAdd(p, a);
+  atomicAdd(p + 1, b);
+}
+
 // ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: lanes 8m..8m+7 address the 8 rows
 // (16 bytes each) of matrix m; r[m] of a lane gets M_m[lane/4][2(lane%4)..+1], or
 // M_m[2(lane%4)..+1][lane/4] with .trans.
