@@ -94,9 +94,9 @@ run cuda-tests 100 $PY -m pytest -q -ra -m gpu -p no:cacheprovider "${XDIST[@]}"
   done; } > "$OUT/gpu_tests.txt"
 
 # d. sanitizers on small CUDA cases (the allocator's cache off, so memcheck sees every buffer)
-# The smallest shapes, bf16 and fp32 (each on its own mma.sync kernels), and the fused PAM
-# backward in bf16 at a ragged N (its dP exchange and dS^T share shared memory between warps).
-SMALL='((pam_matches_float64_reference or cam_matches_float64_reference) and shape0 and (dtype0 or dtype2) or pam_fused_backward_matches_float64_reference and shape1 and dtype1) and not False'
+# The smallest shapes, bf16 and fp32 (each on its own mma.sync kernels), and the CUDA
+# variants in bf16 at a ragged N (their warps share tiles through shared memory).
+SMALL='((pam_matches_float64_reference or cam_matches_float64_reference) and shape0 and (dtype0 or dtype2) or (pam_fused_backward or pam_whole_cv_forward) and shape1 and dtype1) and not False'
 if (( DRY )) || ! command -v compute-sanitizer > /dev/null; then
   note "sanitizer: skipped (no GPU or no compute-sanitizer)"
   echo "skipped" > "$OUT/sanitizer.txt"

@@ -17,6 +17,7 @@ VARIANTS = {
         "fp32=ieee": {"DANET_OPS_TRITON_FP32": "ieee"},
     },
     "cuda": {
+        "fwd=whole_cv": {"DANET_OPS_CUDA_PAM_FWD": "whole_cv"},
         "bwd=fused": {"DANET_OPS_CUDA_PAM_BWD": "fused"},
     },
 }
@@ -39,15 +40,15 @@ def backend_of(cfg: dict) -> Iterator[dict]:
 def with_variants(cfgs: list[dict]) -> list[dict]:
     """After each triton or cuda config, one per variant that changes something for it, each
     where it differs from the default alone (a GPU run has time for few rows: the 2026-11-28
-    runbook measured 15): the forward variants (two-pass, TMA loads) on PAM forward rows,
-    the fused backwards on PAM fwd+bwd rows in fp16/bf16 (fp32 runs the split ones anyway),
-    exact FMA products on fp32 forward rows."""
+    runbook measured 15): the forward variants (two-pass, TMA loads; CUDA's whole-v-width
+    kernel in fp16/bf16) on PAM forward rows, the fused backwards on PAM fwd+bwd rows in
+    fp16/bf16 (fp32 runs the default kernels anyway), exact FMA products on fp32 forward rows."""
     out = []
     for cfg in cfgs:
         out.append(cfg)
         fwd, half = cfg["mode"] == "fwd", cfg["dtype"] in ("fp16", "bf16")
-        if cfg["backend"] == "cuda" and cfg["op"] == "pam" and not fwd and half:
-            out.append(dict(cfg, backend="cuda[bwd=fused]"))
+        if cfg["backend"] == "cuda" and cfg["op"] == "pam" and half:
+            out.append(dict(cfg, backend="cuda[fwd=whole_cv]" if fwd else "cuda[bwd=fused]"))
         if cfg["backend"] != "triton":
             continue
         if cfg["op"] == "pam" and fwd:

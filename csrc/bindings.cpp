@@ -8,7 +8,7 @@ namespace danet {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pam_forward(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const c10::optional<at::Tensor>& gamma, const c10::optional<at::Tensor>& residual,
-    double scale, bool save_o, bool tf32);
+    double scale, bool save_o, bool tf32, bool whole_cv);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pam_backward(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const c10::optional<at::Tensor>& gamma, const at::Tensor& o, const at::Tensor& lse,
@@ -23,10 +23,12 @@ std::tuple<at::Tensor, at::Tensor> cam_backward(const at::Tensor& dout, const at
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "danet_ops CUDA kernels: PAM and CAM forward and backward (fp32/fp16/bf16)";
   m.def("pam_forward", &danet::pam_forward,
-        "(q, k, v [B, C, N], gamma?, residual?, scale, save_o, tf32=False) -> (out, lse fp32 [B, N], o); "
-        "tf32: fp32 products other than the energies as one TF32 MMA (else 3xTF32)",
+        "(q, k, v [B, C, N], gamma?, residual?, scale, save_o, tf32=False, whole_cv=False) -> "
+        "(out, lse fp32 [B, N], o); tf32: fp32 products other than the energies as one TF32 MMA "
+        "(else 3xTF32); whole_cv: fp16/bf16 with Cqk <= 64, Cv <= 512 on the kernel that computes "
+        "q.k once per pair for all v channels, elsewhere the per-128-channel kernel",
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("gamma"), py::arg("residual"),
-        py::arg("scale"), py::arg("save_o"), py::arg("tf32") = false);
+        py::arg("scale"), py::arg("save_o"), py::arg("tf32") = false, py::arg("whole_cv") = false);
   m.def("pam_backward", &danet::pam_backward,
         "(dout, q, k, v, gamma?, o, lse, scale, tf32=False, fused=False) -> (dq, dk, dv, dgamma); "
         "fused: fp16/bf16 with Cqk <= 64, Cv <= 512 on the one-kernel backward (P and dS once per "

@@ -6,6 +6,8 @@
 //   TF32 MMAs as 3xTF32 (fp32-accurate). `tf32` (torch's float32 matmul precision "high" or
 //   "medium", passed by danet_ops/cuda) lets fp32's products other than the energies run
 //   as one TF32 MMA, as the Triton backend does.
+//   `whole_cv` (danet_ops/cuda: DANET_OPS_CUDA_PAM_FWD=whole_cv): fp16/bf16 forward with
+//   Cqk <= 64 and Cv <= 512 on pam_forward_whole_cv_kernel, S once per (query, key) pair.
 //   `fused` (danet_ops/cuda: DANET_OPS_CUDA_PAM_BWD=fused, not under torch's deterministic
 //   mode): fp16/bf16 backward with Cqk <= 64 and Cv <= 512 on pam_bwd_fused_mma_kernel,
 //   one kernel, P and dS once per tile pair, dQ by fp32 atomics.
@@ -85,6 +87,27 @@ bool launch_mma_forward(PamArgs<T> p, const at::Tensor& q, const at::Tensor& k, 
   return true;
 }
 
+// pam_forward_whole_cv_kernel for p (its q, k, v, ld set here), if it serves this dtype and
+// these widths (pam_whole::fits) and its shared memory fits.
+template <typename T>
+bool launch_whole_cv_forward(PamArgs<T> p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             at::Tensor& out, T* o_raw, at::Tensor& lse, cudaStream_t stream) {
+  if constexpr (sizeof(T) != 2) {
+    return false;  // fp32: pam_forward_mma_kernel (pam_kernels.cuh says why)
+  } else {
+    const size_t smem = pam_whole::smem_bytes<T>(p.cqk, p.cv);
+    if (!pam_whole::fits<T>(p.cqk, p.cv) || !mma_fits(smem)) return false;
+    const auto rows = use_mma_rows(p, q, k, v);
+    const auto kernel = pam_forward_whole_cv_kernel<T>;
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(smem)));
+    const dim3 grid(ceil_div(p.n, pam_whole::BQ), q.size(0));
+    kernel<<<grid, pam_whole::BLOCK_THREADS, smem, stream>>>(p, out.data_ptr<T>(), o_raw, lse.data_ptr<float>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return true;
+  }
+}
+
 // pam_dv_mma_kernel and pam_dqk_mma_kernel for p (its q, k, v, dout, ld set here), if both
 // can run on this GPU; p.delta must be written first (pam_delta_kernel).
 template <typename T>
@@ -145,7 +168,7 @@ bool launch_fused_backward(PamArgs<T> p, const at::Tensor& dout, const at::Tenso
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pam_forward(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const c10::optional<at::Tensor>& gamma, const c10::optional<at::Tensor>& residual,
-    double scale, bool save_o, bool tf32) {
+    double scale, bool save_o, bool tf32, bool whole_cv) {
   check_pam_inputs(q, k, v);
   if (residual.has_value()) {
     check_input(*residual, "residual", 3);
@@ -180,8 +203,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pam_forward(
     p.scale = static_cast<float>(scale);
     p.tf32 = tf32;
     scalar_t* o_ptr = keep_o ? o.data_ptr<scalar_t>() : nullptr;
-    // Every dtype on tensor cores through mma.sync where the GPU (sm_80+) and shared memory
-    // allow (pam_kernels.cuh; fp32 as 3xTF32); elsewhere the 64x64 tile kernel.
+    // whole_cv (fp16/bf16, Cqk <= 64, Cv <= 512): S once per pair, all v channels a block;
+    // else every dtype on tensor cores through mma.sync where the GPU (sm_80+) and shared
+    // memory allow (pam_kernels.cuh; fp32 as 3xTF32); elsewhere the 64x64 tile kernel.
+    if (whole_cv && launch_whole_cv_forward(p, q, k, v, out, o_ptr, lse, stream)) return;
     if (launch_mma_forward(p, q, k, v, out, o_ptr, lse, stream)) return;
     pam_forward_kernel<scalar_t><<<grid, THREADS, 0, stream>>>(p, out.data_ptr<scalar_t>(), o_ptr,
                                                                lse.data_ptr<float>());

@@ -431,6 +431,36 @@ __device__ __forceinline__ void warp_xt_y(float (&acc)[COLS / 8][4], const T* x,
   }
 }
 
+// Half types: acc[16 x NC] += A Y^T over one 16-key step: a the m16n8k16 A fragment of the
+// warp's 16 rows and the step's 16 keys (y points at the step's first key), Y channel-major
+// in shared memory (Y[c][j] at y[c * PITCH + j]), the NC columns Y's channels; 16-channel
+// pairs from `valid` on are skipped (warp-uniform). B = Y^T with j contiguous: plain
+// ldmatrix, matrices (channels, keys) 0-7/0-7, 0-7/8-15, 8-15/0-7, 8-15/8-15 of pair cp.
+template <typename T, int NC>
+__device__ __forceinline__ void warp_a_yt_step(float (&acc)[NC / 8][4], const uint32_t (&a)[4], const T* y,
+                                               int valid) {
+  using E = typename wmma_elem<T>::type;
+  const int lane = threadIdx.x % 32, lr = lane % 8, lm = lane / 8;
+#pragma unroll
+  for (int cp = 0; cp < NC / 16; ++cp) {
+    if (16 * cp < valid) {
+      uint32_t bv[4];
+      mma::ldmatrix_x4(bv, y + (16 * cp + lr + 8 * (lm / 2)) * pam_mma::PITCH + 8 * (lm % 2));
+      mma::mma_16816<E>(acc[2 * cp], a, bv[0], bv[1]);
+      mma::mma_16816<E>(acc[2 * cp + 1], a, bv[2], bv[3]);
+    }
+  }
+}
+
+// Half types: the m16n8k16 A fragment of rows row0 .. row0 + 15 and columns k0 .. k0 + 15
+// of a row-major matrix in shared memory (pitch PITCH), by ldmatrix: matrices (rows,
+// columns) 0-7/0-7, 8-15/0-7, 0-7/8-15, 8-15/8-15 (mma.cuh's a[0..3]).
+template <typename T>
+__device__ __forceinline__ void ldmatrix_a(uint32_t (&a)[4], const T* m, int row0, int k0) {
+  const int lane = threadIdx.x % 32, lr = lane % 8, lm = lane / 8;
+  mma::ldmatrix_x4(a, m + (row0 + lr + 8 * (lm % 2)) * pam_mma::PITCH + k0 + 8 * (lm / 2));
+}
+
 // acc[16 x NC] += P Y^T for the warp's 16 rows: P [16 x BN] is held as the accumulator
 // fragments p of a warp_xt_y product (p[nt][2h + e] = P[g + 8h][8 nt + 2t + e]), Y is
 // channel-major in shared memory (Y[c][j] at y[c * PITCH + j]), the NC columns are Y's
@@ -476,7 +506,6 @@ __device__ __forceinline__ void warp_p_yt(float (&acc)[NC / 8][4], const float (
     }
   } else {
     using E = typename wmma_elem<T>::type;
-    const int lr = lane % 8, lm = lane / 8;
 #pragma unroll
     for (int kj = 0; kj < BN / 16; ++kj) {
       uint32_t pa[4];
@@ -484,15 +513,7 @@ __device__ __forceinline__ void warp_p_yt(float (&acc)[NC / 8][4], const float (
       pa[1] = mma::pack2<E>(p[2 * kj][2], p[2 * kj][3]);
       pa[2] = mma::pack2<E>(p[2 * kj + 1][0], p[2 * kj + 1][1]);
       pa[3] = mma::pack2<E>(p[2 * kj + 1][2], p[2 * kj + 1][3]);
-#pragma unroll
-      for (int cp = 0; cp < NC / 16; ++cp) {
-        if (16 * cp < valid) {
-          uint32_t bv[4];
-          mma::ldmatrix_x4(bv, y + (16 * cp + lr + 8 * (lm / 2)) * PITCH + 16 * kj + 8 * (lm % 2));
-          mma::mma_16816<E>(acc[2 * cp], pa, bv[0], bv[1]);
-          mma::mma_16816<E>(acc[2 * cp + 1], pa, bv[2], bv[3]);
-        }
-      }
+      warp_a_yt_step<T, NC>(acc, pa, y + 16 * kj, valid);
     }
   }
 }
@@ -629,6 +650,186 @@ pam_forward_mma_kernel(PamArgs<T> p, T* out, T* o_raw, float* lse_out) {
       os[(8 * nc + 2 * t + e % 2) * OPITCH + 16 * warp + g + 8 * (e / 2)] = o[nc][e] * inv_l[e / 2];
   __syncthreads();
   store_staged<T, CVT>(os, out, o_raw, p.residual, scalar_or_one(p.gamma), b, c0, cv, i0, n);
+#else
+  __trap();  // the host dispatch launches this kernel on sm_80 and newer only
+#endif
+}
+
+// ---- forward, the whole v width per block (fp16/bf16; the "whole_cv" variant) ----------
+// pam_forward_whole_cv_kernel: S computed once per (query, key) pair, where
+// pam_forward_mma_kernel computes it once per 128-channel block (2*N^2*(4*Cqk + Cv) FLOPs
+// at Cv = 512; here the minimum 2*N^2*(Cqk + Cv), 0.75x). One block of 8 warps per (query
+// tile of BQ = 32, batch item), all v channels; warp w = 4 qg + cw owns queries
+// i0 + 16 qg .. + 15 and v channels 128 cw .. + 127 (O: 64 fp32 registers, as the other
+// forward's). Per key tile of 64 (k and v double buffered by cp.async):
+//   S for the group's 16 queries x the warp's 16 keys 16 cw .. + 15 (each pair once);
+//   the row maxima of the four warps' keys meet in shared memory, so all four hold the
+//   same running max m; P = exp(scale S - m) on the warp's keys, its row sums kept per
+//   warp (summed over the four at the end); P rounded to T into a shared [32 x 64] tile;
+//   O += P v^T for the warp's channels, P's A fragments by ldmatrix from that tile.
+// Three barriers a key tile against one, and one block (8 warps) per SM by shared memory
+// (176128 bytes at Cqk = 64, Cv = 512) against three of 4 warps: whether the saved S products pay
+// for that needs a GPU to measure. fp32 is left out (its v stages would not fit).
+namespace pam_whole {
+constexpr int WARPS = 8;
+constexpr int BLOCK_THREADS = 32 * WARPS;
+constexpr int BQ = 32;           // queries per block: two groups of 16 (warp / 4)
+constexpr int QPITCH = BQ + 8;   // q rows: 80 bytes, conflict-free ldmatrix
+constexpr int CQK_MAX = 64;      // S: 16 keys a warp over all qk channels
+constexpr int CV_MAX = 512;      // O: 128 v channels a warp
+constexpr int CVW = CV_MAX / 4;
+// Dynamic shared memory: q (pitch QPITCH), two k stages and two v stages (pitch PITCH), the
+// P tile, then the warps' fp32 row maxima (at the end, row sums) of 16 rows each.
+template <typename T>
+inline size_t smem_bytes(int cqk, int cv) {
+  const int cqkp = pam_mma::cqk_padded(cqk), cvp = pam_mma::cqk_padded(cv);
+  const int elems = cqkp * QPITCH + 2 * (cqkp + cvp) * pam_mma::PITCH + BQ * pam_mma::PITCH;
+  return static_cast<size_t>(elems) * sizeof(T) + WARPS * 16 * sizeof(float);
+}
+template <typename T>
+constexpr bool fits(int cqk, int cv) {
+  return sizeof(T) == 2 && cqk > 0 && cqk <= CQK_MAX && cv > 0 && cv <= CV_MAX;
+}
+}  // namespace pam_whole
+
+template <typename T>
+__global__ void __launch_bounds__(pam_whole::BLOCK_THREADS, 1)
+pam_forward_whole_cv_kernel(PamArgs<T> p, T* out, T* o_raw, float* lse_out) {
+#if DANET_HAS_MMA
+  static_assert(sizeof(T) == 2, "fp16/bf16 only (pam_whole::fits)");
+  using namespace pam_whole;
+  using pam_mma::BN;
+  using pam_mma::PITCH;
+  using E = typename wmma_elem<T>::type;
+  DANET_DYNAMIC_SMEM(smem);
+  const int cqk = p.cqk, cv = p.cv, n = p.n, ld = p.ld;
+  const int cqkp = pam_mma::cqk_padded(cqk), cvp = pam_mma::cqk_padded(cv);
+  T* qs = reinterpret_cast<T*>(smem);  // q[c][i0 + i], pitch QPITCH
+  T* ks = qs + cqkp * QPITCH;          // two stages of k[c][j0 + j]
+  T* vs = ks + 2 * cqkp * PITCH;       // two stages of v[c][j0 + j], c < cvp
+  T* ps = vs + 2 * cvp * PITCH;        // P[i][j] of the current key tile, rounded to T
+  float* rows = reinterpret_cast<float*>(ps + BQ * PITCH);  // [warp][16]: row maxima, then sums
+  float* os = reinterpret_cast<float*>(vs);  // after the key loop: O^T[c][i], pitch BQ + 4
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int qg = warp / 4, cw = warp % 4;  // query group, key quarter and channel quarter
+  const int i0 = blockIdx.x * BQ, b = blockIdx.y;
+  const T* q = p.q + (int64_t)b * cqk * ld;
+  const T* k = p.k + (int64_t)b * cqk * ld;
+  const T* v = p.v + (int64_t)b * cv * ld;
+  const int tiles = (n + BN - 1) / BN;
+
+  stage_async<T, BQ, QPITCH, BLOCK_THREADS>(qs, q, cqkp, cqk, ld, i0);
+  stage_async<T, BN, PITCH, BLOCK_THREADS>(ks, k, cqkp, cqk, ld, 0);
+  stage_async<T, BN, PITCH, BLOCK_THREADS>(vs, v, cvp, cv, ld, 0);
+  mma::cp_async_commit();
+
+  float m[2] = {-INFINITY, -INFINITY};  // running row max, the same in the group's 4 warps
+  float l[2] = {0.0f, 0.0f};            // this lane's part of the row sum over the warp's keys
+  float o[CVW / 8][4];                  // O[i][128 cw + 8 nc + 2t + e % 2]
+  mma::zero(o);
+
+  for (int tile = 0; tile < tiles; ++tile) {
+    const int j0 = tile * BN, st = tile % 2;
+    if (tile + 1 < tiles) {
+      stage_async<T, BN, PITCH, BLOCK_THREADS>(ks + (st ^ 1) * cqkp * PITCH, k, cqkp, cqk, ld, j0 + BN);
+      stage_async<T, BN, PITCH, BLOCK_THREADS>(vs + (st ^ 1) * cvp * PITCH, v, cvp, cv, ld, j0 + BN);
+    }
+    mma::cp_async_wait_stage(tile + 1 < tiles);
+    const T* kt = ks + st * cqkp * PITCH;
+    const T* vt = vs + st * cvp * PITCH;
+
+    // S[i][j] for rows i0 + 16 qg + g + 8h (element 2h + e) and keys j0 + 16 cw + 8 nt + 2t + e.
+    float s[2][4];
+    mma::zero(s);
+    warp_xt_y<T, 16, QPITCH>(s, qs, 16 * qg, kt + 16 * cw, cqkp, true);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float tile_max = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          s[nt][2 * h + e] *= p.scale;
+          if (j0 + 16 * cw + 8 * nt + 2 * t + e < n) tile_max = fmaxf(tile_max, s[nt][2 * h + e]);
+        }
+      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+      if (t == 0) rows[warp * 16 + g + 8 * h] = tile_max;
+    }
+    __syncthreads();
+    // The group's tile max (key 0 of every tile is valid, so it is finite for finite inputs
+    // and alpha is 0 on the first tile); P on the warp's keys, rounded to T into ps.
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float tile_max = rows[(4 * qg) * 16 + g + 8 * h];
+#pragma unroll
+      for (int w = 1; w < 4; ++w) tile_max = fmaxf(tile_max, rows[(4 * qg + w) * 16 + g + 8 * h]);
+      const float m_new = fmaxf(m[h], tile_max);
+      const float alpha = expf(m[h] - m_new);
+      float row_sum = 0.0f;
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const bool valid = j0 + 16 * cw + 8 * nt + 2 * t + e < n;
+          const float pv = valid ? expf(s[nt][2 * h + e] - m_new) : 0.0f;
+          s[nt][2 * h + e] = pv;
+          row_sum += pv;
+        }
+        *reinterpret_cast<uint32_t*>(ps + (16 * qg + g + 8 * h) * PITCH + 16 * cw + 8 * nt + 2 * t) =
+            mma::pack2<E>(s[nt][2 * h], s[nt][2 * h + 1]);
+      }
+      l[h] = l[h] * alpha + row_sum;
+      m[h] = m_new;
+#pragma unroll
+      for (int nc = 0; nc < CVW / 8; ++nc) {
+        o[nc][2 * h] *= alpha;
+        o[nc][2 * h + 1] *= alpha;
+      }
+    }
+    __syncthreads();
+    // O[i][c] += sum_j P[i][j] v[c][j] over the warp's channels and all 64 keys.
+#pragma unroll
+    for (int kj = 0; kj < BN / 16; ++kj) {
+      uint32_t a[4];
+      ldmatrix_a(a, ps, 16 * qg, 16 * kj);
+      warp_a_yt_step<T, CVW>(o, a, vt + cw * CVW * PITCH + 16 * kj, cv - cw * CVW);
+    }
+    __syncthreads();  // every warp is done with this stage, ps and rows before they are reused
+  }
+
+  // Row sums: over the row's 4 lanes, then the group's 4 warps; lse = m + log(l) (natural
+  // log) from the key quarter 0 warps.
+  float inv_l[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
+    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
+    if (t == 0) rows[warp * 16 + g + 8 * h] = l[h];
+  }
+  __syncthreads();
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float sum = 0.0f;
+#pragma unroll
+    for (int w = 0; w < 4; ++w) sum += rows[(4 * qg + w) * 16 + g + 8 * h];
+    inv_l[h] = 1.0f / sum;
+    const int i = i0 + 16 * qg + g + 8 * h;
+    if (cw == 0 && t == 0 && i < n) lse_out[(int64_t)b * n + i] = m[h] + logf(sum);
+  }
+  // O^T through shared fp32 (the v stages are free: the loop ended on a barrier and no copy
+  // is in flight), so that consecutive threads store consecutive positions.
+#pragma unroll
+  for (int nc = 0; nc < CVW / 8; ++nc)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int c = cw * CVW + 8 * nc + 2 * t + e % 2;
+      if (c < cvp) os[c * (BQ + 4) + 16 * qg + g + 8 * (e / 2)] = o[nc][e] * inv_l[e / 2];
+    }
+  __syncthreads();
+  store_staged<T, CV_MAX, BQ, BLOCK_THREADS>(os, out, o_raw, p.residual, scalar_or_one(p.gamma), b, 0, cv, i0, n);
 #else
   __trap();  // the host dispatch launches this kernel on sm_80 and newer only
 #endif
@@ -1029,15 +1230,13 @@ pam_bwd_fused_mma_kernel(PamArgs<T> p, T* dk, T* dv, float* dq_acc) {
       }
     }
     __syncthreads();
-    // dK^T[j][c] += sum_i dS^T[j][i] q[c][i]: dS^T back in fragment form (exact: T values).
+    // dK^T[j][c] += sum_i dS^T[j][i] q[c][i], dS^T's A fragments by ldmatrix.
 #pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt)
-#pragma unroll
-      for (int h = 0; h < 2; ++h)
-#pragma unroll
-        for (int e = 0; e < 2; ++e)
-          s[nt][2 * h + e] = to_float(dsts[(16 * kw + g + 8 * h) * PITCH + 8 * nt + 2 * t + e]);
-    warp_p_yt<T, 16>(dka, s, qt + 16 * cw * PITCH, cqkp - 16 * cw, true);
+    for (int kj = 0; kj < BN / 16; ++kj) {
+      uint32_t a[4];
+      ldmatrix_a(a, dsts, 16 * kw, 16 * kj);
+      warp_a_yt_step<T, 16>(dka, a, qt + 16 * cw * PITCH + 16 * kj, cqkp - 16 * cw);
+    }
     // dQ^T[c][i] += sum_j k^T[j][c] dS^T[j][i] for qk channels 16 cw .. + 15 and queries
     // i0 + 32 kw .. + 31: this key tile's share, added atomically, two neighbouring queries
     // (one fragment register pair) at a time where their address is 8-byte aligned.

@@ -46,14 +46,15 @@ def _entry(lib, name: str, dtype: torch.dtype):
     return getattr(lib, name + SUFFIX[dtype])
 
 
-def pam_forward(lib, q, k, v, gamma, residual, scale, legacy=False, tf32=False):
+def pam_forward(lib, q, k, v, gamma, residual, scale, legacy=False, tf32=False, whole_cv=False):
     """-> (out, o, lse) from NaN-poisoned buffers; o the raw attention output (always written).
 
     q, k ``[B, Cqk, N]``, v and residual ``[B, Cv, N]`` contiguous, one dtype; gamma a 0-dim
     float32 tensor or None. Every dtype runs the mma.sync kernel as the extension does on
     sm_80+ (fp32 as 3xTF32; with ``tf32`` its P·V as one TF32 product, as under matmul
     precision "high"); ``legacy`` runs the 64x64 tile kernel instead (what every dtype
-    takes on older GPUs or with too large a Cqk)."""
+    takes on older GPUs or with too large a Cqk); ``whole_cv`` the whole-v-width kernel where
+    the extension would (fp16/bf16, Cqk <= 64, Cv <= 512), asserting that it ran."""
     b, cqk, n = q.shape
     cv = v.shape[1]
     out, o = torch.full_like(v, float("nan")), torch.full_like(v, float("nan"))
@@ -64,18 +65,27 @@ def pam_forward(lib, q, k, v, gamma, residual, scale, legacy=False, tf32=False):
     if legacy:
         _entry(lib, "emu_pam_forward_legacy", q.dtype)(*args)
     else:
-        _entry(lib, "emu_pam_forward", q.dtype)(*args, i(int(tf32)))
+        path = _entry(lib, "emu_pam_forward", q.dtype)(*args, i(int(tf32)), i(int(whole_cv)))
+        _check_path(path, whole_cv, q.dtype, cqk, cv)
     return out, o, lse
 
 
-# The fused backward's reach (csrc/pam_kernels.cuh, pam_fused::fits).
-FUSED_MAX_CQK, FUSED_MAX_CV = 64, 512
-# emu_pam_backward's return: which kernels ran (PamBackwardPath in emulate.cpp).
-SPLIT_MMA, FUSED_MMA = 1, 2
+# The reach of the variant kernels, whole_cv forward and fused backward (csrc/pam_kernels.cuh,
+# pam_whole::fits and pam_fused::fits): fp16/bf16 with Cqk <= 64 and Cv <= 512.
+VARIANT_MAX_CQK, VARIANT_MAX_CV = 64, 512
+# emu_pam_forward's and emu_pam_backward's return: which kernels ran (PamForwardPath,
+# PamBackwardPath in emulate.cpp): the default mma kernels, or the variant's.
+DEFAULT_MMA, VARIANT_MMA = 1, 2
 
 
-def fused_fits(dtype: torch.dtype, cqk: int, cv: int) -> bool:
-    return dtype in (torch.float16, torch.bfloat16) and 0 < cqk <= FUSED_MAX_CQK and 0 < cv <= FUSED_MAX_CV
+def variant_fits(dtype: torch.dtype, cqk: int, cv: int) -> bool:
+    half = dtype in (torch.float16, torch.bfloat16)
+    return half and 0 < cqk <= VARIANT_MAX_CQK and 0 < cv <= VARIANT_MAX_CV
+
+
+def _check_path(path: int, variant: bool, dtype: torch.dtype, cqk: int, cv: int) -> None:
+    expected = VARIANT_MMA if variant and variant_fits(dtype, cqk, cv) else DEFAULT_MMA
+    assert path == expected or cqk == 0 or cv == 0, (path, expected)
 
 
 def pam_backward(lib, dout, q, k, v, gamma, o, lse, scale, legacy=False, tf32=False, fused=False):
@@ -97,8 +107,7 @@ def pam_backward(lib, dout, q, k, v, gamma, o, lse, scale, legacy=False, tf32=Fa
         _entry(lib, "emu_pam_backward_legacy", q.dtype)(*args)
     else:
         path = _entry(lib, "emu_pam_backward", q.dtype)(*args, i(int(tf32)), i(int(fused)))
-        expected = FUSED_MMA if fused and fused_fits(q.dtype, cqk, cv) else SPLIT_MMA
-        assert path == expected or cqk == 0 or cv == 0, (path, expected)
+        _check_path(path, fused, q.dtype, cqk, cv)
     return dq, dk, dv, dgamma
 
 

@@ -266,11 +266,13 @@ def test_variant_rows_follow_each_triton_row_and_name_real_switches(monkeypatch)
         ("pam", "fp16", "fwdbwd", "cuda"),
         ("pam", "fp16", "fwdbwd", "cuda[bwd=fused]"),
         ("pam", "fp16", "fwd", "cuda"),
-        ("pam", "fp32", "fwdbwd", "cuda"),  # fp32: the split backward anyway
+        ("pam", "fp16", "fwd", "cuda[fwd=whole_cv]"),
+        ("pam", "fp32", "fwdbwd", "cuda"),  # fp32: the default kernels anyway
     ]
     readers = {pam.FWD_VARIANT_ENV: pam.forward_variant, pam.LOADS_VARIANT_ENV: pam.load_variant,
                pam.BWD_VARIANT_ENV: lambda: pam.backward_variant(512, torch.bfloat16),
-               configs.FP32_ENV: configs.fp32_exact_precision, cuda.BWD_VARIANT_ENV: cuda.backward_variant}
+               configs.FP32_ENV: configs.fp32_exact_precision, cuda.FWD_VARIANT_ENV: cuda.forward_variant,
+               cuda.BWD_VARIANT_ENV: cuda.backward_variant}
     for key in readers:
         monkeypatch.delenv(key, raising=False)
     for backend, named in variants.VARIANTS.items():

@@ -240,14 +240,44 @@ def test_emulated_fused_pam_backward_matches_chunked(emulated_kernels, dtype, sh
         assert rel_err(dgamma, refs[3]) <= EMU_TOL[dtype]
 
 
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+@pytest.mark.parametrize("shape,with_gamma,with_residual", [
+    # ragged N over three key tiles, Cqk not a multiple of 8, Cv under one warp's 128
+    # channels; batch 2 with two query groups and Cv over one warp's channels, N past two
+    # key tiles; DANet's widths; N under one 16-row group with a key quarter past N in
+    # every warp but the first; Cqk 40, Cv 300.
+    ((1, 5, 70, 131), True, True),
+    ((2, 16, 130, 136), True, False),
+    ((1, 64, 512, 70), True, True),
+    ((1, 8, 200, 9), False, False),
+    ((1, 40, 300, 64), False, True),
+], ids=str)
+def test_emulated_whole_cv_forward_matches_chunked(emulated_kernels, dtype, shape, with_gamma, with_residual):
+    """pam_forward_whole_cv_kernel (DANET_OPS_CUDA_PAM_FWD=whole_cv): out, the raw o and the
+    LSE against the float64 reference; the helper asserts that the whole_cv kernel ran."""
+    b, cqk, cv, n = shape
+    q, k, v, res = (torch.randn(b, c, n).to(dtype) for c in (cqk, cqk, cv, cv))
+    gamma = torch.tensor(0.75) if with_gamma else None
+    res = res if with_residual else None
+    out, o, lse = cuda_emulation.pam_forward(emulated_kernels, q, k, v, gamma, res, 0.7, whole_cv=True)
+    ref_out, ref_lse, ref_o = chunked.pam_forward(_d(q), _d(k), _d(v), _d(gamma), _d(res), 0.7, True)
+    ref_o = ref_out if ref_o.numel() == 0 else ref_o
+    assert rel_err(out, ref_out) <= EMU_TOL[dtype]
+    assert rel_err(o, ref_o) <= EMU_TOL[dtype]
+    assert rel_err(lse, ref_lse) <= 1e-5  # fp32 statistics of exact products of the rounded inputs
+
+
 @pytest.mark.parametrize("dtype,shape", [(torch.float32, (1, 5, 70, 131)), (torch.float16, (1, 70, 20, 67)),
                                          (torch.bfloat16, (1, 8, 520, 40))], ids=str)
-def test_emulated_fused_request_falls_back_to_the_split_kernels(emulated_kernels, dtype, shape):
-    """fp32, Cqk over 64 or Cv over 512: ``fused`` runs the split kernels (the helper
-    asserts which ran), with the same results as without it."""
+def test_emulated_variant_request_falls_back_to_the_default_kernels(emulated_kernels, dtype, shape):
+    """fp32, Cqk over 64 or Cv over 512: ``whole_cv`` and ``fused`` run the default mma
+    kernels (the helpers assert which ran), with the same results as without them."""
     b, cqk, cv, n = shape
     q, k, v, dout = (torch.randn(b, c, n).to(dtype) for c in (cqk, cqk, cv, cv))
-    _, o, lse = cuda_emulation.pam_forward(emulated_kernels, q, k, v, None, None, 1.0)
+    whole = cuda_emulation.pam_forward(emulated_kernels, q, k, v, None, None, 1.0, whole_cv=True)
+    out, o, lse = cuda_emulation.pam_forward(emulated_kernels, q, k, v, None, None, 1.0)
+    for got, ref in zip(whole, (out, o, lse)):
+        assert torch.equal(got, ref)
     fused = cuda_emulation.pam_backward(emulated_kernels, dout, q, k, v, None, o, lse, 1.0, fused=True)
     split = cuda_emulation.pam_backward(emulated_kernels, dout, q, k, v, None, o, lse, 1.0)
     for got, ref in zip(fused[:3], split[:3]):
@@ -270,6 +300,19 @@ def test_backward_variant_follows_the_environment_and_deterministic_mode(monkeyp
     monkeypatch.setenv(cuda.BWD_VARIANT_ENV, "fast")
     with pytest.raises(ValueError, match="DANET_OPS_CUDA_PAM_BWD must be 'split' or 'fused', got 'fast'"):
         cuda.backward_variant()
+
+
+def test_forward_variant_follows_the_environment(monkeypatch):
+    from danet_ops import cuda
+
+    monkeypatch.delenv(cuda.FWD_VARIANT_ENV, raising=False)
+    assert cuda.forward_variant() == "cv_blocks"
+    monkeypatch.setenv(cuda.FWD_VARIANT_ENV, "whole_cv")
+    assert cuda.forward_variant() == "whole_cv"
+    monkeypatch.setenv(cuda.FWD_VARIANT_ENV, "whole")
+    expected = "DANET_OPS_CUDA_PAM_FWD must be 'cv_blocks' or 'whole_cv', got 'whole'"
+    with pytest.raises(ValueError, match=expected):
+        cuda.forward_variant()
 
 
 @pytest.mark.parametrize("shape", [(1, 5, 70, 131), (1, 130, 8, 40)])

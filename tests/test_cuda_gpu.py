@@ -74,6 +74,16 @@ def test_pam_fused_backward_matches_float64_reference(dtype, shape, monkeypatch)
     check_pam("cuda", *shape, dtype=dtype, device="cuda", magnitude=0.5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 64, 512, 9409), (3, 5, 70, 13 * 17), (1, 8, 200, 9), (1, 40, 300, 64)])
+def test_pam_whole_cv_forward_matches_float64_reference(dtype, shape, monkeypatch):
+    from danet_ops import cuda
+
+    monkeypatch.setenv(cuda.FWD_VARIANT_ENV, "whole_cv")
+    assert cuda.forward_variant() == "whole_cv"
+    check_pam("cuda", *shape, dtype=dtype, device="cuda", magnitude=0.5)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_pam_without_epilogue_and_with_scale(dtype):
     check_pam("cuda", 2, 16, 40, 300, dtype=dtype, device="cuda", gamma=False, residual=False, scale=0.3)

@@ -32,13 +32,18 @@ static std::vector<T> padded_rows(const T* x, int rows, int n, int ld) {
   return y;
 }
 
+// Which kernel pam_forward ran (the tests check that the one they meant to test did).
+enum PamForwardPath { TILE_KERNEL = 0, CV_BLOCKS_MMA = 1, WHOLE_CV_MMA = 2 };
+
 // legacy: the 64x64 tile kernel (what every dtype takes on GPUs before sm_80 or when q and
-// k do not fit in shared memory); otherwise the mma.sync kernel, as ../pam.cu dispatches on
-// sm_80+ (fp32 as 3xTF32, or with tf32 its P.V as one TF32 product).
+// k do not fit in shared memory); whole_cv: pam_forward_whole_cv_kernel where ../pam.cu
+// would launch it (pam_whole::fits); otherwise the mma.sync kernel, as ../pam.cu dispatches
+// on sm_80+ (fp32 as 3xTF32, or with tf32 its P.V as one TF32 product).
 template <typename T>
-static void pam_forward(const T* q, const T* k, const T* v, const T* residual,
-                        const float* gamma, T* out, T* o, float* lse, int batch, int cqk,
-                        int cv, int n, float scale, bool legacy = false, bool tf32 = false) {
+static PamForwardPath pam_forward(const T* q, const T* k, const T* v, const T* residual,
+                                  const float* gamma, T* out, T* o, float* lse, int batch, int cqk,
+                                  int cv, int n, float scale, bool legacy = false, bool tf32 = false,
+                                  bool whole_cv = false) {
   PamArgs<T> p{};
   p.q = q;
   p.k = k;
@@ -53,6 +58,7 @@ static void pam_forward(const T* q, const T* k, const T* v, const T* residual,
   if (legacy) {
     emu_launch(dim3(ceil_div(n, TILE), ceil_div(cv, TILE), batch), THREADS,
                [&] { pam_forward_kernel<T>(p, out, o, lse); });
+    return TILE_KERNEL;
   } else {
     // As ../pam.cu: rows used in place when N is a multiple of 8 and the buffers are
     // 16-byte aligned, else copied with zero padding to ld = N rounded up to 8.
@@ -69,8 +75,16 @@ static void pam_forward(const T* q, const T* k, const T* v, const T* residual,
       p.v = vp.data();
     }
     p.ld = ld;
+    if constexpr (sizeof(T) == 2) {
+      if (whole_cv && pam_whole::fits<T>(cqk, cv)) {
+        emu_launch(dim3(ceil_div(n, pam_whole::BQ), batch), pam_whole::BLOCK_THREADS,
+                   [&] { pam_forward_whole_cv_kernel<T>(p, out, o, lse); }, pam_whole::smem_bytes<T>(cqk, cv));
+        return WHOLE_CV_MMA;
+      }
+    }
     emu_launch(dim3(ceil_div(n, pam_mma::BM), ceil_div(cv, pam_mma::CVT), batch), pam_mma::BLOCK_THREADS,
                [&] { pam_forward_mma_kernel<T>(p, out, o, lse); }, pam_mma::smem_bytes<T>(cqk));
+    return CV_BLOCKS_MMA;
   }
 }
 
@@ -362,12 +376,13 @@ static void cam_backward(const T* dout, const T* x, const float* attn, const flo
 // The T-typed tensors are void* so that the three share one signature; tf32 (mma path) is
 // ignored for the half types and with legacy.
 #define DANET_EMU_EXPORT(SUFFIX, T)                                                             \
-  extern "C" void emu_pam_forward##SUFFIX(const void* q, const void* k, const void* v,          \
-                                          const void* residual, const float* gamma, void* out,  \
-                                          void* o, float* lse, int batch, int cqk, int cv,      \
-                                          int n, float scale, int tf32) {                       \
-    pam_forward<T>((const T*)q, (const T*)k, (const T*)v, (const T*)residual, gamma, (T*)out,   \
-                   (T*)o, lse, batch, cqk, cv, n, scale, false, tf32 != 0);                     \
+  extern "C" int emu_pam_forward##SUFFIX(const void* q, const void* k, const void* v,           \
+                                         const void* residual, const float* gamma, void* out,   \
+                                         void* o, float* lse, int batch, int cqk, int cv,       \
+                                         int n, float scale, int tf32, int whole_cv) {          \
+    return pam_forward<T>((const T*)q, (const T*)k, (const T*)v, (const T*)residual, gamma,     \
+                          (T*)out, (T*)o, lse, batch, cqk, cv, n, scale, false, tf32 != 0,      \
+                          whole_cv != 0);                                                       \
   }                                                                                             \
   extern "C" void emu_pam_forward_legacy##SUFFIX(                                               \
       const void* q, const void* k, const void* v, const void* residual, const float* gamma,    \

@@ -18,8 +18,8 @@ static std::vector<T> rnd(size_t n, std::mt19937& g) {
   return v;
 }
 
-// One dtype: PAM forward and backward on the mma.sync kernels (the half types' backward
-// also on the fused kernel; their dynamic shared memory allocated to the exact size; fp32 with its own 4-byte layout and fragment loads, also in
+// One dtype: PAM forward and backward on the mma.sync kernels (bf16 also on the variant
+// kernels, whole_cv forward and fused backward; their dynamic shared memory allocated to the exact size; fp32 with its own 4-byte layout and fragment loads, also in
 // the one-TF32-product mode), CAM's products on their mma.sync kernel likewise (fp32 with its
 // own pitches and 3xTF32 fragment loads, also in the one-TF32-product mode), and both ops on
 // the 64x64 tile kernels of GPUs before sm_80 (fp32 SIMT, the half types emulated WMMA), so
@@ -50,17 +50,22 @@ static void run_all(std::mt19937& g) {
     pam_backward<T>(dout.data(), q.data(), k.data(), v.data(), gamma.data(), o.data(), lse.data(), dq.data(),
                     dk.data(), dv.data(), rowdot.data(), delta.data(), dg.data(), b, cqk, cv, n, 1.0f,
                     /*legacy=*/true);
+    if (std::is_same<T, __nv_bfloat16>::value)  // the whole-v-width forward, where it serves the widths
+      pam_forward<T>(q.data(), k.data(), v.data(), res.data(), gamma.data(), out.data(), o.data(), lse.data(), b,
+                     cqk, cv, n, 1.0f, /*legacy=*/false, /*tf32=*/false, /*whole_cv=*/true);
     if (std::is_same<T, __nv_bfloat16>::value)  // the fused backward, where it serves the widths
       pam_backward<T>(dout.data(), q.data(), k.data(), v.data(), gamma.data(), o.data(), lse.data(), dq.data(),
                       dk.data(), dv.data(), rowdot.data(), delta.data(), dg.data(), b, cqk, cv, n, 1.0f,
                       /*legacy=*/false, /*tf32=*/false, /*fused=*/true);
   }
-  if (std::is_same<T, __nv_bfloat16>::value) {  // the fused backward at its widest: Cqk 64, Cv 512
+  if (std::is_same<T, __nv_bfloat16>::value) {  // the variant kernels at their widest: Cqk 64, Cv 512
     const int b = 1, cqk = 64, cv = 512, n = 40;
     auto q = rnd<T>((size_t)b * cqk * n, g), k = rnd<T>((size_t)b * cqk * n, g);
     auto v = rnd<T>((size_t)b * cv * n, g), dout = rnd<T>((size_t)b * cv * n, g), o = rnd<T>((size_t)b * cv * n, g);
     std::vector<float> gamma{0.5f}, lse((size_t)b * n, 1.0f), rowdot((size_t)b * n), delta((size_t)b * n), dg(1);
-    std::vector<T> dq(q.size()), dk(k.size()), dv(v.size());
+    std::vector<T> dq(q.size()), dk(k.size()), dv(v.size()), out(v.size());
+    pam_forward<T>(q.data(), k.data(), v.data(), nullptr, gamma.data(), out.data(), o.data(), lse.data(), b, cqk,
+                   cv, n, 1.0f, /*legacy=*/false, /*tf32=*/false, /*whole_cv=*/true);
     pam_backward<T>(dout.data(), q.data(), k.data(), v.data(), gamma.data(), o.data(), lse.data(), dq.data(),
                     dk.data(), dv.data(), rowdot.data(), delta.data(), dg.data(), b, cqk, cv, n, 1.0f,
                     /*legacy=*/false, /*tf32=*/false, /*fused=*/true);

@@ -8,6 +8,10 @@ float32 run on TF32 tensor cores as 3xTF32 (fp32-accurate) on sm_80+; under
 energies (PAM's q·k, CAM's Gram X·Xᵀ and its gradient dout·Xᵀ) run as one TF32 product
 (``_tf32``), as the Triton backend's do.
 
+PAM's forward has two variants (``DANET_OPS_CUDA_PAM_FWD``, read at each call): ``cv_blocks``
+(default: one block per 128 v channels, each computing q·k again) and ``whole_cv`` (one
+block per 32 queries for all v channels, q·k once per pair; fp16/bf16 with Cqk <= 64 and
+Cv <= 512, elsewhere ``cv_blocks``).
 PAM's backward has two variants (``DANET_OPS_CUDA_PAM_BWD``, read at each call): ``split``
 (default: separate dV and dK/dQ kernels, deterministic) and ``fused`` (one kernel computing
 P and dS once per tile pair, dQ summed by fp32 atomics; fp16/bf16 with Cqk <= 64 and
@@ -23,6 +27,7 @@ from torch import Tensor
 from danet_ops import env
 from danet_ops.cuda import build
 
+FWD_VARIANT_ENV = "DANET_OPS_CUDA_PAM_FWD"
 BWD_VARIANT_ENV = "DANET_OPS_CUDA_PAM_BWD"
 
 
@@ -53,6 +58,13 @@ def _tf32() -> bool:
     return torch.get_float32_matmul_precision() != "highest"
 
 
+def forward_variant() -> str:
+    """``cv_blocks`` (default) or ``whole_cv`` (``DANET_OPS_CUDA_PAM_FWD=whole_cv``). The
+    extension runs ``whole_cv`` where it serves the dtype and widths (fp16/bf16, Cqk <= 64,
+    Cv <= 512)."""
+    return env.choice(FWD_VARIANT_ENV, ("cv_blocks", "whole_cv"))
+
+
 def backward_variant() -> str:
     """``split`` (default) or ``fused`` (``DANET_OPS_CUDA_PAM_BWD=fused``, not under torch's
     deterministic mode: its dQ atomics add in no fixed order). The extension runs ``fused``
@@ -65,7 +77,7 @@ def pam_forward(q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor], residu
                 scale: float, save_o: bool) -> tuple[Tensor, Tensor, Tensor]:
     """q, k ``[B, Cqk, N]``, v/residual ``[B, Cv, N]`` -> (out, lse fp32 ``[B, N]``, raw o or empty)."""
     return tuple(_ext().pam_forward(_c(q), _c(k), _c(v), _c(gamma), _c(residual), float(scale), bool(save_o),
-                                    _tf32()))
+                                    _tf32(), forward_variant() == "whole_cv"))
 
 
 def pam_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor], o: Tensor,
