@@ -88,7 +88,7 @@ bool launch_mma_forward(PamArgs<T> p, const at::Tensor& q, const at::Tensor& k, 
 }
 
 // pam_forward_whole_cv_kernel for p (its q, k, v, ld set here), if it serves this dtype and
-// these widths (pam_whole::fits) and its shared memory fits.
+// these widths (pam_wide::fits) and its shared memory fits.
 template <typename T>
 bool launch_whole_cv_forward(PamArgs<T> p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                              at::Tensor& out, T* o_raw, at::Tensor& lse, cudaStream_t stream) {
@@ -96,7 +96,7 @@ bool launch_whole_cv_forward(PamArgs<T> p, const at::Tensor& q, const at::Tensor
     return false;  // fp32: pam_forward_mma_kernel (pam_kernels.cuh says why)
   } else {
     const size_t smem = pam_whole::smem_bytes<T>(p.cqk, p.cv);
-    if (!pam_whole::fits<T>(p.cqk, p.cv) || !mma_fits(smem)) return false;
+    if (!pam_wide::fits<T>(p.cqk, p.cv) || !mma_fits(smem)) return false;
     const auto rows = use_mma_rows(p, q, k, v);
     const auto kernel = pam_forward_whole_cv_kernel<T>;
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -138,7 +138,7 @@ bool launch_mma_backward(PamArgs<T> p, const at::Tensor& dout, const at::Tensor&
 }
 
 // pam_bwd_fused_mma_kernel for p (its q, k, v, dout, ld set here), if it serves this dtype
-// and these widths (pam_fused::fits) and its shared memory fits; dq through an fp32
+// and these widths (pam_wide::fits) and its shared memory fits; dq through an fp32
 // buffer that the kernel's atomics add into. p.delta must be written first.
 template <typename T>
 bool launch_fused_backward(PamArgs<T> p, const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
@@ -148,7 +148,7 @@ bool launch_fused_backward(PamArgs<T> p, const at::Tensor& dout, const at::Tenso
     return false;  // fp32: the split kernels (pam_kernels.cuh says why)
   } else {
     const size_t smem = pam_fused::smem_bytes<T>(p.cqk, p.cv);
-    if (!pam_fused::fits<T>(p.cqk, p.cv) || !mma_fits(smem)) return false;
+    if (!pam_wide::fits<T>(p.cqk, p.cv) || !mma_fits(smem)) return false;
     const auto rows = use_mma_rows(p, q, k, v, &dout);
     auto dq_acc = at::zeros(q.sizes(), q.options().dtype(at::kFloat));
     const auto kernel = pam_bwd_fused_mma_kernel<T>;

@@ -670,14 +670,25 @@ pam_forward_mma_kernel(PamArgs<T> p, T* out, T* o_raw, float* lse_out) {
 // Three barriers a key tile against one, and one block (8 warps) per SM by shared memory
 // (176128 bytes at Cqk = 64, Cv = 512) against three of 4 warps: whether the saved S products pay
 // for that needs a GPU to measure. fp32 is left out (its v stages would not fit).
+// The reach of the two variant kernels (this one and pam_bwd_fused_mma_kernel below): 8 warps
+// of which 4 share a block's rows, each holding 128 of the v channels and 16 of the qk
+// channels: fp16/bf16 with Cqk <= 64 and Cv <= 512.
+namespace pam_wide {
+constexpr int CQK_MAX = 64;
+constexpr int CV_MAX = 512;
+constexpr int CVW = CV_MAX / 4;  // v channels a warp
+template <typename T>
+constexpr bool fits(int cqk, int cv) {
+  return sizeof(T) == 2 && cqk > 0 && cqk <= CQK_MAX && cv > 0 && cv <= CV_MAX;
+}
+}  // namespace pam_wide
+
 namespace pam_whole {
+using namespace pam_wide;
 constexpr int WARPS = 8;
 constexpr int BLOCK_THREADS = 32 * WARPS;
 constexpr int BQ = 32;           // queries per block: two groups of 16 (warp / 4)
 constexpr int QPITCH = BQ + 8;   // q rows: 80 bytes, conflict-free ldmatrix
-constexpr int CQK_MAX = 64;      // S: 16 keys a warp over all qk channels
-constexpr int CV_MAX = 512;      // O: 128 v channels a warp
-constexpr int CVW = CV_MAX / 4;
 // Dynamic shared memory: q (pitch QPITCH), two k stages and two v stages (pitch PITCH), the
 // P tile, then the warps' fp32 row maxima (at the end, row sums) of 16 rows each.
 template <typename T>
@@ -686,17 +697,13 @@ inline size_t smem_bytes(int cqk, int cv) {
   const int elems = cqkp * QPITCH + 2 * (cqkp + cvp) * pam_mma::PITCH + BQ * pam_mma::PITCH;
   return static_cast<size_t>(elems) * sizeof(T) + WARPS * 16 * sizeof(float);
 }
-template <typename T>
-constexpr bool fits(int cqk, int cv) {
-  return sizeof(T) == 2 && cqk > 0 && cqk <= CQK_MAX && cv > 0 && cv <= CV_MAX;
-}
 }  // namespace pam_whole
 
 template <typename T>
 __global__ void __launch_bounds__(pam_whole::BLOCK_THREADS, 1)
 pam_forward_whole_cv_kernel(PamArgs<T> p, T* out, T* o_raw, float* lse_out) {
 #if DANET_HAS_MMA
-  static_assert(sizeof(T) == 2, "fp16/bf16 only (pam_whole::fits)");
+  static_assert(sizeof(T) == 2, "fp16/bf16 only (pam_wide::fits)");
   using namespace pam_whole;
   using pam_mma::BN;
   using pam_mma::PITCH;
@@ -1084,15 +1091,13 @@ pam_dqk_mma_kernel(PamArgs<T> p, T* grad) {
 //   not deterministic, so danet_ops.cuda takes the split kernels under
 //   torch.use_deterministic_algorithms.
 // fp32 is left out: its stages would need twice the shared memory (there is none left) and
-// the 3xTF32 fragments twice the registers. Cqk <= 64, Cv <= 512 (pam_fused::fits).
+// the 3xTF32 fragments twice the registers. Cqk <= 64, Cv <= 512 (pam_wide::fits).
 namespace pam_fused {
+using namespace pam_wide;
 constexpr int WARPS = 8;
 constexpr int BLOCK_THREADS = 32 * WARPS;
 constexpr int BK = 32;               // keys per block: two groups of 16 (warp / 4)
 constexpr int KPITCH = BK + 8;       // resident k, v rows: 80 bytes, conflict-free ldmatrix
-constexpr int CQK_MAX = 64;          // dK^T and dQ^T: 16 qk channels a warp
-constexpr int CV_MAX = 512;          // dV^T and dP^T: 128 channels a warp of a key group
-constexpr int CVW = CV_MAX / 4;
 constexpr int EXCHANGE_BYTES = WARPS * (pam_mma::BN / 8) * 32 * 16;  // dP^T partials, float4 a lane
 static_assert(CQK_MAX <= pam_mma::BN, "k^T rows (pitch PITCH) hold the qk channels");
 
@@ -1112,11 +1117,6 @@ inline size_t smem_bytes(int cqk, int cv) {
   const int stage = dout_stage_elems<T>(cv) + pam_mma::cqk_padded(cqk) * pam_mma::PITCH;
   return static_cast<size_t>(resident + 2 * stage) * sizeof(T);
 }
-// Whether the kernel serves this dtype and these widths (the host also checks shared memory).
-template <typename T>
-constexpr bool fits(int cqk, int cv) {
-  return sizeof(T) == 2 && cqk > 0 && cqk <= CQK_MAX && cv > 0 && cv <= CV_MAX;
-}
 }  // namespace pam_fused
 
 // dK, dV and dQ (into dq_acc, fp32 [B, Cqk, N], zeroed) of one (key tile, batch item); dk,
@@ -1125,7 +1125,7 @@ template <typename T>
 __global__ void __launch_bounds__(pam_fused::BLOCK_THREADS, 1)
 pam_bwd_fused_mma_kernel(PamArgs<T> p, T* dk, T* dv, float* dq_acc) {
 #if DANET_HAS_MMA
-  static_assert(sizeof(T) == 2, "fp16/bf16 only (pam_fused::fits)");
+  static_assert(sizeof(T) == 2, "fp16/bf16 only (pam_wide::fits)");
   using namespace pam_fused;
   using pam_mma::BN;
   using pam_mma::PITCH;

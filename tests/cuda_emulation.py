@@ -71,7 +71,7 @@ def pam_forward(lib, q, k, v, gamma, residual, scale, legacy=False, tf32=False, 
 
 
 # The reach of the variant kernels, whole_cv forward and fused backward (csrc/pam_kernels.cuh,
-# pam_whole::fits and pam_fused::fits): fp16/bf16 with Cqk <= 64 and Cv <= 512.
+# pam_wide::fits): fp16/bf16 with Cqk <= 64 and Cv <= 512.
 VARIANT_MAX_CQK, VARIANT_MAX_CV = 64, 512
 # emu_pam_forward's and emu_pam_backward's return: which kernels ran (PamForwardPath,
 # PamBackwardPath in emulate.cpp): the default mma kernels, or the variant's.

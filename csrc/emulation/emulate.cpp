@@ -37,7 +37,7 @@ enum PamForwardPath { TILE_KERNEL = 0, CV_BLOCKS_MMA = 1, WHOLE_CV_MMA = 2 };
 
 // legacy: the 64x64 tile kernel (what every dtype takes on GPUs before sm_80 or when q and
 // k do not fit in shared memory); whole_cv: pam_forward_whole_cv_kernel where ../pam.cu
-// would launch it (pam_whole::fits); otherwise the mma.sync kernel, as ../pam.cu dispatches
+// would launch it (pam_wide::fits); otherwise the mma.sync kernel, as ../pam.cu dispatches
 // on sm_80+ (fp32 as 3xTF32, or with tf32 its P.V as one TF32 product).
 template <typename T>
 static PamForwardPath pam_forward(const T* q, const T* k, const T* v, const T* residual,
@@ -76,7 +76,7 @@ static PamForwardPath pam_forward(const T* q, const T* k, const T* v, const T* r
     }
     p.ld = ld;
     if constexpr (sizeof(T) == 2) {
-      if (whole_cv && pam_whole::fits<T>(cqk, cv)) {
+      if (whole_cv && pam_wide::fits<T>(cqk, cv)) {
         emu_launch(dim3(ceil_div(n, pam_whole::BQ), batch), pam_whole::BLOCK_THREADS,
                    [&] { pam_forward_whole_cv_kernel<T>(p, out, o, lse); }, pam_whole::smem_bytes<T>(cqk, cv));
         return WHOLE_CV_MMA;
@@ -92,7 +92,7 @@ static PamForwardPath pam_forward(const T* q, const T* k, const T* v, const T* r
 enum PamBackwardPath { TILE_KERNELS = 0, SPLIT_MMA = 1, FUSED_MMA = 2 };
 
 // legacy: the 64x64 tile kernels, as for the forward; fused: pam_bwd_fused_mma_kernel where
-// ../pam.cu would launch it (pam_fused::fits); otherwise the mma.sync dV and dK/dQ kernels;
+// ../pam.cu would launch it (pam_wide::fits); otherwise the mma.sync dV and dK/dQ kernels;
 // the mma kernels on rows padded as ../pam.cu pads them (tf32 as for the forward).
 template <typename T>
 static PamBackwardPath pam_backward(const T* dout, const T* q, const T* k, const T* v,
@@ -134,7 +134,7 @@ static PamBackwardPath pam_backward(const T* dout, const T* q, const T* k, const
       }
       p.ld = ld;
       if constexpr (sizeof(T) == 2) {
-        if (fused && pam_fused::fits<T>(cqk, cv)) {
+        if (fused && pam_wide::fits<T>(cqk, cv)) {
           std::vector<float> dq_acc((size_t)batch * cqk * n, 0.0f);
           emu_launch(dim3(ceil_div(n, pam_fused::BK), batch), pam_fused::BLOCK_THREADS,
                      [&] { pam_bwd_fused_mma_kernel<T>(p, dk, dv, dq_acc.data()); },
