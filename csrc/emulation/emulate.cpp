@@ -115,45 +115,45 @@ static PamBackwardPath pam_backward(const T* dout, const T* q, const T* k, const
   p.tf32 = tf32;
   emu_launch(dim3(ceil_div(n, THREADS), batch), THREADS,
              [&] { pam_delta_kernel<T>(dout, o, gamma, cv, n, rowdot, delta); });
-  const bool use_mma = !legacy && cqk > 0 && cv > 0;
-  {
-    if (use_mma) {
-      const auto aligned = [](const void* x) { return reinterpret_cast<uintptr_t>(x) % 16 == 0; };
-      const bool direct = n % 8 == 0 && aligned(q) && aligned(k) && aligned(v) && aligned(dout);
-      const int ld = direct ? n : (n + 7) / 8 * 8;
-      std::vector<T> qp, kp, vp, dp;
-      if (!direct) {
-        qp = padded_rows(q, batch * cqk, n, ld);
-        kp = padded_rows(k, batch * cqk, n, ld);
-        vp = padded_rows(v, batch * cv, n, ld);
-        dp = padded_rows(dout, batch * cv, n, ld);
-        p.q = qp.data();
-        p.k = kp.data();
-        p.v = vp.data();
-        p.dout = dp.data();
-      }
-      p.ld = ld;
-      if constexpr (sizeof(T) == 2) {
-        if (fused && pam_wide::fits<T>(cqk, cv)) {
-          std::vector<float> dq_acc((size_t)batch * cqk * n, 0.0f);
-          emu_launch(dim3(ceil_div(n, pam_fused::BK), batch), pam_fused::BLOCK_THREADS,
-                     [&] { pam_bwd_fused_mma_kernel<T>(p, dk, dv, dq_acc.data()); },
-                     pam_fused::smem_bytes<T>(cqk, cv));
-          for (size_t e = 0; e < dq_acc.size(); ++e) dq[e] = T(dq_acc[e]);
-          emu_launch(dim3(1), THREADS, [&] { sum_all_kernel<float>(rowdot, (int64_t)batch * n, dgamma); });
-          return FUSED_MMA;
-        }
-      }
-      emu_launch(dim3(ceil_div(n, pam_mma::BM), ceil_div(cv, pam_mma::CVT), batch), pam_mma::BLOCK_THREADS,
-                 [&] { pam_dv_mma_kernel<T>(p, dv); }, pam_mma::smem_bytes<T>(cqk));
-      const dim3 grid(ceil_div(n, pam_mma::BM), ceil_div(cqk, pam_mma::GC), batch);
-      emu_launch(grid, pam_mma::BLOCK_THREADS, [&] { pam_dqk_mma_kernel<T, true>(p, dk); },
-                 pam_mma::dqk_smem_bytes<T>(cqk));
-      emu_launch(grid, pam_mma::BLOCK_THREADS, [&] { pam_dqk_mma_kernel<T, false>(p, dq); },
-                 pam_mma::dqk_smem_bytes<T>(cqk));
+  PamBackwardPath path = TILE_KERNELS;
+  std::vector<T> qp, kp, vp, dp;  // padded rows, as ../pam.cu hands them to the mma kernels
+  if (!legacy && cqk > 0 && cv > 0) {
+    const auto aligned = [](const void* x) { return reinterpret_cast<uintptr_t>(x) % 16 == 0; };
+    const bool direct = n % 8 == 0 && aligned(q) && aligned(k) && aligned(v) && aligned(dout);
+    const int ld = direct ? n : (n + 7) / 8 * 8;
+    if (!direct) {
+      qp = padded_rows(q, batch * cqk, n, ld);
+      kp = padded_rows(k, batch * cqk, n, ld);
+      vp = padded_rows(v, batch * cv, n, ld);
+      dp = padded_rows(dout, batch * cv, n, ld);
+      p.q = qp.data();
+      p.k = kp.data();
+      p.v = vp.data();
+      p.dout = dp.data();
+    }
+    p.ld = ld;
+    path = SPLIT_MMA;
+    if constexpr (sizeof(T) == 2) {
+      if (fused && pam_wide::fits<T>(cqk, cv)) path = FUSED_MMA;
     }
   }
-  if (!use_mma) {
+  if (path == FUSED_MMA) {
+    if constexpr (sizeof(T) == 2) {
+      std::vector<float> dq_acc((size_t)batch * cqk * n, 0.0f);
+      emu_launch(dim3(ceil_div(n, pam_fused::BK), batch), pam_fused::BLOCK_THREADS,
+                 [&] { pam_bwd_fused_mma_kernel<T>(p, dk, dv, dq_acc.data()); },
+                 pam_fused::smem_bytes<T>(cqk, cv));
+      for (size_t e = 0; e < dq_acc.size(); ++e) dq[e] = T(dq_acc[e]);
+    }
+  } else if (path == SPLIT_MMA) {
+    emu_launch(dim3(ceil_div(n, pam_mma::BM), ceil_div(cv, pam_mma::CVT), batch), pam_mma::BLOCK_THREADS,
+               [&] { pam_dv_mma_kernel<T>(p, dv); }, pam_mma::smem_bytes<T>(cqk));
+    const dim3 grid(ceil_div(n, pam_mma::BM), ceil_div(cqk, pam_mma::GC), batch);
+    emu_launch(grid, pam_mma::BLOCK_THREADS, [&] { pam_dqk_mma_kernel<T, true>(p, dk); },
+               pam_mma::dqk_smem_bytes<T>(cqk));
+    emu_launch(grid, pam_mma::BLOCK_THREADS, [&] { pam_dqk_mma_kernel<T, false>(p, dq); },
+               pam_mma::dqk_smem_bytes<T>(cqk));
+  } else {
     emu_launch(dim3(ceil_div(n, TILE), ceil_div(cv, TILE), batch), THREADS,
                [&] { pam_dv_kernel<T>(p, dv); });
     const dim3 grid(ceil_div(n, TILE), ceil_div(cqk, TILE), batch);
@@ -161,7 +161,7 @@ static PamBackwardPath pam_backward(const T* dout, const T* q, const T* k, const
     emu_launch(grid, THREADS, [&] { pam_dqk_kernel<T, false>(p, dq); });
   }
   emu_launch(dim3(1), THREADS, [&] { sum_all_kernel<float>(rowdot, (int64_t)batch * n, dgamma); });
-  return use_mma ? SPLIT_MMA : TILE_KERNELS;
+  return path;
 }
 
 // splits > 1 exercises the split-K path of the Gram products (ws: splits * B * C * C);

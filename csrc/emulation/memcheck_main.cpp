@@ -50,10 +50,13 @@ static void run_all(std::mt19937& g) {
     pam_backward<T>(dout.data(), q.data(), k.data(), v.data(), gamma.data(), o.data(), lse.data(), dq.data(),
                     dk.data(), dv.data(), rowdot.data(), delta.data(), dg.data(), b, cqk, cv, n, 1.0f,
                     /*legacy=*/true);
-    if (std::is_same<T, __nv_bfloat16>::value)  // the whole-v-width forward, where it serves the widths
+    // bf16 on the variant kernels too, where they serve the widths (elsewhere the calls
+    // would repeat the default kernels above).
+    const bool variants = std::is_same<T, __nv_bfloat16>::value && pam_wide::fits<T>(cqk, cv);
+    if (variants)
       pam_forward<T>(q.data(), k.data(), v.data(), res.data(), gamma.data(), out.data(), o.data(), lse.data(), b,
                      cqk, cv, n, 1.0f, /*legacy=*/false, /*tf32=*/false, /*whole_cv=*/true);
-    if (std::is_same<T, __nv_bfloat16>::value)  // the fused backward, where it serves the widths
+    if (variants)
       pam_backward<T>(dout.data(), q.data(), k.data(), v.data(), gamma.data(), o.data(), lse.data(), dq.data(),
                       dk.data(), dv.data(), rowdot.data(), delta.data(), dg.data(), b, cqk, cv, n, 1.0f,
                       /*legacy=*/false, /*tf32=*/false, /*fused=*/true);
