@@ -6,6 +6,7 @@ nvcc, which CI can do without a GPU when torch is a CUDA build and a toolkit is 
 """
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -51,6 +52,55 @@ def test_compile_and_link_extension_for_sm90(built):
     assert list(root.rglob("*.so")), "no shared library was produced"
     # Must stay well inside CI's budget (measured about 3 minutes on 2 cores).
     assert elapsed < 8 * 60, f"the extension took {elapsed:.0f} s to build"
+
+
+def _cuobjdump():
+    """A cuobjdump: on PATH, in the toolkit, or the one Triton's NVIDIA backend ships."""
+    home = build.find_cuda_home()
+    candidates = [shutil.which("cuobjdump"), home and str(Path(home) / "bin" / "cuobjdump")]
+    try:
+        import triton
+        candidates.append(str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"))
+    except ImportError:
+        pass
+    return next((c for c in candidates if c and Path(c).is_file()), None)
+
+
+def kernel_resources(text: str) -> dict:
+    """``cuobjdump -res-usage`` output -> {mangled kernel: {"REG": n, "STACK": n, "LOCAL": n, ...}}."""
+    kernels, name = {}, None
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("Function "):
+            name = line[len("Function "):].rstrip(":")
+        elif name and line.startswith("REG:"):
+            kernels[name] = {k: int(v) for k, v in (f.split(":") for f in line.split())}
+            name = None
+    return kernels
+
+
+def test_kernel_resources_are_parsed():
+    text = (" Function _ZN5danet17pam_dv_mma_kernelIfEEvNS_7PamArgsIT_EEPS2_:\n"
+            "  REG:223 STACK:8 SHARED:1024 LOCAL:0 CONSTANT[0]:624 TEXTURE:0 SURFACE:0 SAMPLER:0\n")
+    assert kernel_resources(text) == {"_ZN5danet17pam_dv_mma_kernelIfEEvNS_7PamArgsIT_EEPS2_": {
+        "REG": 223, "STACK": 8, "SHARED": 1024, "LOCAL": 0, "CONSTANT[0]": 624, "TEXTURE": 0,
+        "SURFACE": 0, "SAMPLER": 0}}
+
+
+def test_built_kernels_do_not_spill(built):
+    """Every sm_90 kernel of the built library without a stack frame or local memory: a
+    register spill (or a local array indexed at run time) shows up as both, and costs
+    local-memory traffic in the inner loops (benchmarks/results/static-sm90/cuda-nvcc13.md
+    has the ptxas -v lines)."""
+    tool = _cuobjdump()
+    if tool is None:
+        pytest.skip("no cuobjdump (CUDA toolkit or Triton's NVIDIA backend) to read the kernels")
+    library = next(built[2].rglob("*.so"))
+    out = subprocess.run([tool, "-res-usage", str(library)], capture_output=True, text=True, check=True)
+    kernels = kernel_resources(out.stdout)
+    assert len(kernels) >= 50, f"read only {len(kernels)} kernels from {library}"
+    spilling = {k: r for k, r in kernels.items() if r["STACK"] or r["LOCAL"]}
+    assert not spilling, f"kernels with a stack frame or local memory: {spilling}"
 
 
 def test_cached_build_reloads_without_compiling(built):
