@@ -296,10 +296,12 @@ EMU_DTYPES = pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
 @given(b=st.integers(1, 2), cqk=st.integers(1, 20), cv=st.integers(1, 80), n=st.integers(1, 81),
        gamma=st.sampled_from([None, 0.75]), with_residual=st.booleans(),
        scale=st.sampled_from([1.0, 0.7]), logit=st.sampled_from([0.5, 3.0, 10.0]),
-       seed=st.integers(0, 2**31 - 1))
+       variants=st.booleans(), seed=st.integers(0, 2**31 - 1))
 @_examples(5)
 def test_emulated_cuda_pam_matches_float64_reference(emulated_kernels, b, cqk, cv, n, dtype, gamma,
-                                                     with_residual, scale, logit, seed):
+                                                     with_residual, scale, logit, variants, seed):
+    """``variants``: the whole-v-width forward and the fused backward (fp16/bf16; fp32 takes
+    the default kernels, which the emulation's path check asserts)."""
     import cuda_emulation
 
     gen = torch.Generator().manual_seed(seed)
@@ -308,8 +310,9 @@ def test_emulated_cuda_pam_matches_float64_reference(emulated_kernels, b, cqk, c
     v, res, dout = (torch.randn(b, cv, n, generator=gen).to(dtype) for _ in range(3))
     res = res if with_residual else None
     g = None if gamma is None else torch.tensor(gamma)
-    out, o, lse = cuda_emulation.pam_forward(emulated_kernels, q, k, v, g, res, scale)
-    dq, dk, dv, dgamma = cuda_emulation.pam_backward(emulated_kernels, dout, q, k, v, g, o, lse, scale)
+    out, o, lse = cuda_emulation.pam_forward(emulated_kernels, q, k, v, g, res, scale, whole_cv=variants)
+    dq, dk, dv, dgamma = cuda_emulation.pam_backward(emulated_kernels, dout, q, k, v, g, o, lse, scale,
+                                                     fused=variants)
 
     up = [None if t is None else t.double().requires_grad_() for t in (q, k, v, g)]
     ref = danet_ops.position_attention_reference(*up, None if res is None else res.double(), scale)

@@ -62,14 +62,14 @@ def forward_variant() -> str:
     """``cv_blocks`` (default) or ``whole_cv`` (``DANET_OPS_CUDA_PAM_FWD=whole_cv``). The
     extension runs ``whole_cv`` where it serves the dtype and widths (fp16/bf16, Cqk <= 64,
     Cv <= 512)."""
-    return env.choice(FWD_VARIANT_ENV, ("cv_blocks", "whole_cv"))
+    return env.choice(FWD_VARIANT_ENV)
 
 
 def backward_variant() -> str:
     """``split`` (default) or ``fused`` (``DANET_OPS_CUDA_PAM_BWD=fused``, not under torch's
     deterministic mode: its dQ atomics add in no fixed order). The extension runs ``fused``
     where it serves the dtype and widths (fp16/bf16, Cqk <= 64, Cv <= 512)."""
-    value = env.choice(BWD_VARIANT_ENV, ("split", "fused"))
+    value = env.choice(BWD_VARIANT_ENV)
     return "split" if torch.are_deterministic_algorithms_enabled() else value
 
 

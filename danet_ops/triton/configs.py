@@ -51,7 +51,7 @@ def fp32_exact_precision() -> str:
     """How fp32 products run where fp32 accuracy is required: ``"tf32x3"`` (default: three
     TF32 tensor-core products per product, error at the fp32 level) or ``"ieee"``
     (``DANET_OPS_TRITON_FP32=ieee``: exact FMA products, far slower on tensor-core GPUs)."""
-    return env.choice(FP32_ENV, ("tf32x3", "ieee"))
+    return env.choice(FP32_ENV)
 
 
 def dot_precisions(dtype: torch.dtype) -> tuple[str, str]:

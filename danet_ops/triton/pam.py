@@ -754,7 +754,7 @@ def load_variant() -> str:
     strides, any GPU) or ``tma`` (``DANET_OPS_TRITON_LOADS=tma``: tensor descriptors, copied
     by the Hopper TMA unit; only where ``tma_fits`` and not with exact FMA dots, else
     ``pointer``)."""
-    return env.choice(LOADS_VARIANT_ENV, ("pointer", "tma"))
+    return env.choice(LOADS_VARIANT_ENV)
 
 
 def tma_fits(*tensors: Tensor) -> bool:
@@ -778,14 +778,14 @@ def _descriptor(t: Tensor) -> TensorDescriptor:
 
 def forward_variant() -> str:
     """``online`` (default) or ``two_pass`` (``DANET_OPS_TRITON_PAM_FWD=two_pass``)."""
-    return env.choice(FWD_VARIANT_ENV, ("online", "two_pass"))
+    return env.choice(FWD_VARIANT_ENV)
 
 
 def backward_variant(cv: int, dtype: torch.dtype = torch.float16) -> str:
     """``split`` (default: the measured one, benchmarks/results/nvidia-h200/) or ``fused``
     (``DANET_OPS_TRITON_PAM_BWD=fused``; fp16/bf16 with value widths up to FUSED_MAX_CV,
     else ``split``)."""
-    value = env.choice(BWD_VARIANT_ENV, ("split", "fused"))
+    value = env.choice(BWD_VARIANT_ENV)
     fits = cv <= FUSED_MAX_CV and dtype in (torch.float16, torch.bfloat16)
     return "fused" if value == "fused" and fits else "split"
 
