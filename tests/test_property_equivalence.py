@@ -4,7 +4,8 @@ Hypothesis draws the shapes (B, Cqk, Cv, H, W: ragged, 1x1 included), dtype, mem
 of every input (channel slices, positions-first and channels-last storage, H/W-transposed
 storage, strided positions, batch-broadcast), the kind of output gradient (random, an
 expanded stride-0 one as ``out.sum().backward()`` makes, batch-broadcast), gamma (absent, a
-float, a 0-dim or (1,)-shaped tensor), residual (present or not) and scale. Each example
+float, a 0-dim or (1,)-shaped tensor), residual (present or not), scale and the kernel
+variants (each switch of ``danet_ops.env.SWITCHES``, set for the example). Each example
 runs forward and backward on one backend and compares the output and every gradient with
 the eager reference run in float64 on the same (rounded) inputs.
 
@@ -27,6 +28,7 @@ examples. Set HYPOTHESIS_PROFILE=thorough for a longer local search.
 from __future__ import annotations
 
 import os
+from unittest import mock
 
 import pytest
 import torch
@@ -35,6 +37,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import danet_ops
+from danet_ops import env
 from danet_ops.backends import unavailable_reason
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -155,6 +158,10 @@ def pam_cases(draw):
         # test_numeric_edges.py covers logits of 1e3 and 1e4.
         logit=draw(st.sampled_from([0.5, 3.0, 10.0])),
         dout=draw(st.sampled_from(["random", "random", "ones_expanded", "batch_broadcast"])),
+        # The kernel variants (env.SWITCHES, read at each launch), those not at their default.
+        switches={name: value for name, value in draw(st.fixed_dictionaries(
+            {name: st.sampled_from(s.options) for name, s in env.SWITCHES.items()})).items()
+            if value != env.SWITCHES[name].options[0]},
         seed=draw(st.integers(0, 2**31 - 1)),
     )
     return case
@@ -170,7 +177,8 @@ def test_pam_backends_match_float64_reference(backend, dtype, single_thread):
     @given(case=pam_cases())
     @_examples(EXAMPLES[backend])
     def check(case):
-        _check_pam(backend, dtype, case)
+        with mock.patch.dict(os.environ, case["switches"]):
+            _check_pam(backend, dtype, case)
 
     check()
 
