@@ -1,7 +1,11 @@
 """The backends' variants as benchmark rows (``--variants``): a row named
 ``<backend>[<variant>]`` runs that backend with the variant's environment, read by
 ``danet_ops.triton`` / ``danet_ops.cuda`` at each launch. A plain backend name is the
-default of every switch."""
+default of every switch. ``triton[deterministic]`` runs under
+``torch.use_deterministic_algorithms(True)``, the one torch switch a kernel backend reads
+(Triton's PAM backward then computes dQ in its own kernel instead of by atomics): its row
+measures what that path costs, with torch's NaN fill of new tensors (a cost of the mode,
+not of the kernels) left off."""
 from __future__ import annotations
 
 import contextlib
@@ -9,12 +13,20 @@ import os
 from typing import Iterator
 from unittest import mock
 
+import torch
+
+# Not an environment variable: the key of a variant that turns torch's deterministic mode on.
+DETERMINISTIC = "torch.use_deterministic_algorithms"
+
 VARIANTS = {
     "triton": {
         "fwd=two_pass": {"DANET_OPS_TRITON_PAM_FWD": "two_pass"},
         "loads=tma": {"DANET_OPS_TRITON_LOADS": "tma"},
         "bwd=fused": {"DANET_OPS_TRITON_PAM_BWD": "fused"},
         "fp32=ieee": {"DANET_OPS_TRITON_FP32": "ieee"},
+        # cuBLAS refuses deterministic mode without a fixed workspace (no matmul runs in
+        # the Triton path, but the benchmark's own checks may call one).
+        "deterministic": {DETERMINISTIC: "1", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"},
     },
     "cuda": {
         "fwd=whole_cv": {"DANET_OPS_CUDA_PAM_FWD": "whole_cv"},
@@ -31,10 +43,21 @@ def split(backend: str) -> tuple[str, dict]:
 
 @contextlib.contextmanager
 def backend_of(cfg: dict) -> Iterator[dict]:
-    """The config with its plain backend name, under its variant's environment."""
-    name, env = split(cfg["backend"])
+    """The config with its plain backend name, under its variant's environment (and
+    deterministic mode where the variant asks for it)."""
+    name, settings = split(cfg["backend"])
+    env = {k: v for k, v in settings.items() if k != DETERMINISTIC}
+    saved = torch.are_deterministic_algorithms_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
     with mock.patch.dict(os.environ, env):
-        yield dict(cfg, backend=name)
+        if DETERMINISTIC in settings:
+            torch.use_deterministic_algorithms(True)
+            torch.utils.deterministic.fill_uninitialized_memory = False
+        try:
+            yield dict(cfg, backend=name)
+        finally:
+            torch.use_deterministic_algorithms(saved)
+            torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
 def with_variants(cfgs: list[dict]) -> list[dict]:
@@ -42,7 +65,8 @@ def with_variants(cfgs: list[dict]) -> list[dict]:
     where it differs from the default alone (a GPU run has time for few rows: the 2026-11-28
     runbook measured 15): the forward variants (two-pass, TMA loads; CUDA's whole-v-width
     kernel in fp16/bf16) on PAM forward rows, the fused backwards on PAM fwd+bwd rows in
-    fp16/bf16 (fp32 runs the default kernels anyway), exact FMA products on fp32 forward rows."""
+    fp16/bf16 (fp32 runs the default kernels anyway), exact FMA products on fp32 forward rows,
+    deterministic mode on Triton PAM fwd+bwd rows."""
     out = []
     for cfg in cfgs:
         out.append(cfg)
@@ -56,6 +80,8 @@ def with_variants(cfgs: list[dict]) -> list[dict]:
             out.append(dict(cfg, backend="triton[loads=tma]"))
         if cfg["op"] == "pam" and not fwd and half:
             out.append(dict(cfg, backend="triton[bwd=fused]"))
+        if cfg["op"] == "pam" and not fwd:
+            out.append(dict(cfg, backend="triton[deterministic]"))
         if fwd and not half:
             out.append(dict(cfg, backend="triton[fp32=ieee]"))
     return out

@@ -250,13 +250,15 @@ def test_variant_rows_follow_each_triton_row_and_name_real_switches(monkeypatch)
     got = [(c["op"], c["dtype"], c["mode"], c["backend"]) for c in variants.with_variants(cfgs)]
     assert got == [
         ("pam", "fp32", "fwdbwd", "eager"),
-        ("pam", "fp32", "fwdbwd", "triton"),  # fp32 fwd+bwd: no variant differs there alone
+        ("pam", "fp32", "fwdbwd", "triton"),  # fp32 fwd+bwd: only deterministic mode differs
+        ("pam", "fp32", "fwdbwd", "triton[deterministic]"),
         ("pam", "fp32", "fwd", "triton"),
         ("pam", "fp32", "fwd", "triton[fwd=two_pass]"),
         ("pam", "fp32", "fwd", "triton[loads=tma]"),
         ("pam", "fp32", "fwd", "triton[fp32=ieee]"),
         ("pam", "bf16", "fwdbwd", "triton"),
         ("pam", "bf16", "fwdbwd", "triton[bwd=fused]"),
+        ("pam", "bf16", "fwdbwd", "triton[deterministic]"),
         ("pam", "bf16", "fwd", "triton"),  # N = 9409: TMA reads the padded copies
         ("pam", "bf16", "fwd", "triton[fwd=two_pass]"),
         ("pam", "bf16", "fwd", "triton[loads=tma]"),
@@ -277,9 +279,16 @@ def test_variant_rows_follow_each_triton_row_and_name_real_switches(monkeypatch)
         monkeypatch.delenv(key, raising=False)
     for backend, named in variants.VARIANTS.items():
         for name, env in named.items():
+            if variants.DETERMINISTIC in env:
+                continue  # below
             (key, value), = env.items()
             assert key in readers, f"variant {name} sets {key}, which danet_ops.{backend} does not read"
             with variants.backend_of(dict(backend=f"{backend}[{name}]")) as call:
                 assert call["backend"] == backend and os.environ[key] == value
                 assert readers[key]() == value  # accepted, and not the default
             assert os.environ.get(key) != value  # restored
+    with variants.backend_of(dict(backend="triton[deterministic]")) as call:
+        assert call["backend"] == "triton" and torch.are_deterministic_algorithms_enabled()
+        assert not torch.utils.deterministic.fill_uninitialized_memory  # the kernels' cost only
+    assert not torch.are_deterministic_algorithms_enabled()  # restored
+    assert torch.utils.deterministic.fill_uninitialized_memory

@@ -83,15 +83,6 @@ def test_module_entry_point():
     assert bad.returncode == 2 and "unknown ['tritonn']" in bad.stderr
 
 
-def test_benchmark_variants_set_switches_to_their_options():
-    from benchmarks.variants import VARIANTS
-
-    for backend, variants in VARIANTS.items():
-        for variant, settings in variants.items():
-            for name, value in settings.items():
-                assert value in env.SWITCHES[name].options[1:], (backend, variant, name, value)
-
-
 @pytest.mark.gpu
 def test_check_passes_on_the_gpu():
     """Every fused backend in fp32, fp16 and bf16 on the GPU (the half types' own kernels)."""
