@@ -60,6 +60,11 @@ def report(device: torch.device) -> list[str]:
     for name in BACKENDS[1:]:
         reason = unavailable_reason(name, device)
         lines.append(f"  {name:<8} {'yes' if reason is None else 'no: ' + reason}")
+    try:
+        from danet_ops.cuda import build
+        lines.append(f"  cuda extension: {build.state()}")
+    except Exception as exc:  # the report goes on whatever the build code says
+        lines.append(f"  cuda extension: unknown ({type(exc).__name__}: {exc})")
     n = 64 * 128  # the Cityscapes training crop's stride-8 feature map
     lines.append(f"  auto     -> {resolve('auto', device, torch.float32, 2, n, n)} "
                  f"(PAM, fp32, B=2, N={n})")

@@ -115,6 +115,19 @@ def test_cached_build_reloads_without_compiling(built):
     assert callable(again.pam_forward)
 
 
+def test_state_says_built_not_built_or_why_not(built, monkeypatch, tmp_path):
+    """build.state(), the line ``python -m danet_ops`` prints for the extension."""
+    monkeypatch.setattr(build, "prebuilt", lambda: None)
+    monkeypatch.setattr(build, "default_arch_list", lambda: "9.0")
+    monkeypatch.setenv("DANET_OPS_CACHE", str(built[2]))
+    assert build.state() == f"built for arch 9.0, cached in {Path(built[0].__file__).parent}"
+    monkeypatch.setenv("DANET_OPS_CACHE", str(tmp_path))
+    assert build.state().startswith("not built yet: the first cuda call compiles it for arch 9.0 into "
+                                    f"{tmp_path}")
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert build.state().startswith("cannot be built here: ") and "CPU-only" in build.state()
+
+
 def test_extension_rejects_cpu_tensors_with_a_clear_message(built):
     module = built[0]
     with pytest.raises(RuntimeError, match="must be a CUDA tensor"):

@@ -343,6 +343,28 @@ def _compile(build_dir: Path, name: str, src: Path, archs: list[str], cuda_home:
         cpp_extension.CUDA_HOME = previous_home
 
 
+def _build_dir(src: Path, archs: list[str], cuda_home: str, build_root: Optional[os.PathLike]) -> Path:
+    return Path(build_root or cache_root()) / _build_hash(src, archs, cuda_home)
+
+
+def state() -> str:
+    """Where the extension stands, in a sentence (for ``python -m danet_ops``): prebuilt,
+    loaded, built and cached, not built yet (and where the first use will build it), or why
+    it cannot be built."""
+    if prebuilt() is not None:
+        return "prebuilt (danet_ops._C)"
+    if load.cache_info().currsize:
+        return f"loaded from {Path(load().__file__).parent}"
+    problem = toolchain_problem()
+    if problem is not None:
+        return f"cannot be built here: {problem}"
+    archs = _parse_arch_list(default_arch_list())
+    build_dir = _build_dir(source_dir(), archs, find_cuda_home(), None)
+    if cached_library(build_dir)[0] is not None:
+        return f"built for arch {';'.join(archs)}, cached in {build_dir}"
+    return f"not built yet: the first cuda call compiles it for arch {';'.join(archs)} into {build_dir}"
+
+
 def build_extension(arch_list: Optional[str] = None, verbose: bool = False,
                     build_root: Optional[os.PathLike] = None) -> ModuleType:
     """Compile (or reuse the cached build of) the extension and return the loaded module.
@@ -366,12 +388,10 @@ def build_extension(arch_list: Optional[str] = None, verbose: bool = False,
     cuda_home = find_cuda_home()
     archs = _parse_arch_list(arch_list or default_arch_list())
     src = source_dir()
-    digest = _build_hash(src, archs, cuda_home)
-    root = Path(build_root or cache_root())
-    build_dir = root / digest
-    name = f"danet_ops_cuda_{digest}"
+    build_dir = _build_dir(src, archs, cuda_home, build_root)
+    name = f"danet_ops_cuda_{build_dir.name}"
 
-    with build_lock(root / f"{digest}.lock"):
+    with build_lock(build_dir.parent / f"{build_dir.name}.lock"):
         library, damage = cached_library(build_dir)
         if library is not None:
             try:
