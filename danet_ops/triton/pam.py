@@ -90,8 +90,7 @@ _LSE_HALF = [
     _C(4, 3, BLOCK_M=64, BLOCK_N=64),
     _C(8, 3, BLOCK_M=128, BLOCK_N=64),
     _C(4, 3, BLOCK_M=64, BLOCK_N=128),
-    _C(4, 1, BLOCK_M=32, BLOCK_N=32),
-]
+]  # Pruned: M32 N32 w4 s1, capped at 48 registers, spilled 16 B (triton 3.8 or 3.9 by version)
 _LSE_TF32X3 = [_C(4, 2, BLOCK_M=64, BLOCK_N=64), _C(8, 2, BLOCK_M=128, BLOCK_N=64),
                _C(4, 1, BLOCK_M=32, BLOCK_N=32)]
 _FWD2_HALF = list(_FWD_HALF)
@@ -307,7 +306,7 @@ def _store_forward(
        interpreter={"BLOCK_M": 64, "BLOCK_N": 64})
 @triton.jit
 def _pam_lse_kernel(
-    Q, K, Lse,
+    Q, K, Lse, Stats,
     stride_qb, stride_qc, stride_qn,
     stride_kb, stride_kc, stride_kn,
     N, N_LOAD, CQK, N_BUCKET, qk_scale,
@@ -315,7 +314,13 @@ def _pam_lse_kernel(
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Pass 1: lse = log Σ_j exp(S_ij) per query row, from q·k alone (2·N²·Cqk FLOPs, an
-    eighth of the forward's in DANet), so that pass 2 needs no online rescaling."""
+    eighth of the forward's in DANet), so that pass 2 needs no online rescaling.
+
+    Besides Lse (natural log, the backward's) it writes Stats [B, 2, N]: the row max m and
+    log2 l in log2 units, which pass 2 subtracts one after the other. One lse rounded in
+    fp32 would carry an error of ε·|lse| into every P of its row (a whole row scaled by
+    1 + ε·|lse|: at logits of ~20, 7x the one-pass kernel's output error, and 20x in dq);
+    s − m is exact near the max and log2 l < log2 N is small."""
     pid_m = tl.program_id(0)
     b = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -333,13 +338,16 @@ def _pam_lse_kernel(
         m_new = tl.maximum(m_i, tl.max(s, 1))
         l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s - m_new[:, None]), 1)
         m_i = m_new
-    tl.store(Lse + b.to(tl.int64) * N + offs_m, (m_i + tl.log2(l_i)) * LN2, mask=mask_m)
+    log_l = tl.log2(l_i)
+    tl.store(Lse + b.to(tl.int64) * N + offs_m, (m_i + log_l) * LN2, mask=mask_m)
+    tl.store(Stats + b.to(tl.int64) * 2 * N + offs_m, m_i, mask=mask_m)
+    tl.store(Stats + (b.to(tl.int64) * 2 + 1) * N + offs_m, log_l, mask=mask_m)
 
 
 @_tune(_FWD2_HALF, _FWD2_TF32X3)
 @triton.jit
 def _pam_fwd_normalised_kernel(
-    Q, K, V, Gamma, Res, Out, O, Lse,
+    Q, K, V, Gamma, Res, Out, O, Stats,
     stride_qb, stride_qc, stride_qn,
     stride_kb, stride_kc, stride_kn,
     stride_vb, stride_vc, stride_vn,
@@ -349,7 +357,8 @@ def _pam_fwd_normalised_kernel(
     QK_PRECISION: tl.constexpr, MM_PRECISION: tl.constexpr, TMA: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
-    """Pass 2: out[:, c-block, m-block] with P = exp(S - lse) exactly normalised.
+    """Pass 2: out[:, c-block, m-block] with P = exp2((S − m) − log2 l) exactly normalised
+    (Stats from pass 1).
 
     The same grid and S recomputation per v block as the one-pass kernel, but no running
     max, no rescaling of the accumulator and no final division: each key step is two
@@ -365,15 +374,16 @@ def _pam_fwd_normalised_kernel(
 
     q = _load_tile(Q, b, 0, pid_m * BLOCK_M, stride_qb, stride_qc, stride_qn, CQK, N_LOAD,
                    BLOCK_D, BLOCK_M, True, TMA)  # [M, D]
-    # Padded query rows: q = 0 and lse = 0 give P = 1, finite, masked on store.
-    lse = tl.load(Lse + b.to(tl.int64) * N + offs_m, mask=mask_m, other=0.0) * LOG2E  # log2 units
+    # Padded query rows: q = 0, m = 0 and log2 l = 0 give P = 1, finite, masked on store.
+    m_i = tl.load(Stats + b.to(tl.int64) * 2 * N + offs_m, mask=mask_m, other=0.0)  # log2 units
+    log_l = tl.load(Stats + (b.to(tl.int64) * 2 + 1) * N + offs_m, mask=mask_m, other=0.0)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     for start_n in range(0, N, BLOCK_N):
         mask_n = start_n + tl.arange(0, BLOCK_N) < N
         kt = _load_tile(K, b, 0, start_n, stride_kb, stride_kc, stride_kn, CQK, N_LOAD,
                         BLOCK_D, BLOCK_N, False, TMA)  # [D, N]
         s = tl.dot(q, kt, input_precision=QK_PRECISION) * qk_scale
-        p = tl.exp2(s - lse[:, None])
+        p = tl.exp2((s - m_i[:, None]) - log_l[:, None])
         p = tl.where(mask_n[None, :], p, 0.0)
         v = _load_tile(V, b, pid_v * BLOCK_DV, start_n, stride_vb, stride_vc, stride_vn, CV, N_LOAD,
                        BLOCK_DV, BLOCK_N, True, TMA)  # [N, DV]
@@ -730,16 +740,17 @@ def pam_forward(
     # (sm_90, triton 3.8: 192-324 B).
     tma = load_variant() == "tma" and qk_precision != "ieee" and tma_fits(q, k, v)
     qa, ka, va = (_descriptor(t) for t in (q, k, v)) if tma else (q, k, v)
-    kernel = _pam_fwd_tma_kernel if tma else _pam_fwd_kernel
+    kernel, rows = (_pam_fwd_tma_kernel if tma else _pam_fwd_kernel), lse
     if forward_variant() == "two_pass":
+        rows = torch.empty((batch, 2, n), dtype=torch.float32, device=q.device)  # m, log2 l
         lse_kernel = _pam_lse_tma_kernel if tma else _pam_lse_kernel
         lse_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), batch)](
-            qa, ka, lse, *q.stride(), *k.stride(), n, n_load, cqk, configs.n_bucket(n), qk_scale,
+            qa, ka, lse, rows, *q.stride(), *k.stride(), n, n_load, cqk, configs.n_bucket(n), qk_scale,
             QK_PRECISION=qk_precision, TMA=tma, BLOCK_D=_block_d(cqk),
         )
         kernel = _pam_fwd_normalised_tma_kernel if tma else _pam_fwd_normalised_kernel
     kernel[grid](
-        qa, ka, va, gamma if has_gamma else lse, res, out, o if keep_o else out, lse,
+        qa, ka, va, gamma if has_gamma else lse, res, out, o if keep_o else out, rows,
         *q.stride(), *k.stride(), *v.stride(), *res.stride(),
         n, n_load, cqk, cv, configs.n_bucket(n), qk_scale,
         HAS_GAMMA=has_gamma, HAS_RESIDUAL=has_residual, SAVE_O=keep_o,
