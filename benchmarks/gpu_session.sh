@@ -7,7 +7,8 @@
 #   bash benchmarks/gpu_session.sh              # on the GPU machine
 #   bash benchmarks/gpu_session.sh --dry-run    # here: the same stages on the CPU, tiny sizes
 #
-# a. device, versions, measured bf16 matmul and copy ceilings        -> env.txt
+# a. device, versions, measured bf16 matmul and copy ceilings, the backends and switches
+#    as `python -m danet_ops` reports them                            -> env.txt
 # b. in the background: the CUDA extension built (sm_90, all cores), and every Triton
 #    candidate config plus the torch.compile/FlexAttention baselines compiled into the
 #    on-disk caches (one process per candidate index)
@@ -52,6 +53,7 @@ run() {
 # a. device and ceilings
 run device 90 $PY -m benchmarks.device_info
 cp "$W/device.log" "$OUT/env.txt"
+{ echo "---- python -m danet_ops"; $PY -m danet_ops 2>&1; } >> "$OUT/env.txt"   # backends, switches
 { nvidia-smi 2>&1 || echo "nvidia-smi: not available"; } >> "$OUT/env.txt"
 
 # b. background: the CUDA extension, and the compile caches

@@ -29,5 +29,7 @@ def test_gpu_session_dry_run(tmp_path):
     for stage in ("device: exit 0", "cuda-build: skipped", "triton-tests: exit 0",
                   "cuda-tests: exit 0", "sanitizer: skipped", "headline: exit 0", "total:"):
         assert stage in summary, summary
+    env_txt = (out / "env.txt").read_text()
+    assert "---- python -m danet_ops" in env_txt and "DANET_OPS_TRITON_PAM_FWD = " in env_txt, env_txt
     pam = (out / "pam.md").read_text()
     assert "| triton |" in pam and "err" in pam, pam[-2000:]
