@@ -32,8 +32,9 @@ OTHER_VARIABLES = ("DANET_OPS_TRITON_CONFIG", "DANET_OPS_CACHE", "DANET_OPS_BUIL
 # matmul precision "highest"; under "high"/"medium" TF32 is allowed outside the energies.
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 TF32_TOLERANCE = 1e-2
-PAM_SHAPE = dict(batch=2, cqk=16, cv=40, hw=(13, 17))
-CAM_SHAPE = dict(batch=2, channels=24, hw=(13, 17))
+# The self-check's shapes: ragged N (13×17 = 221 positions, several tiles with a partial
+# last one), Cqk and Cv not multiples of the kernels' tiles; [B, C, N] as the reference takes.
+BATCH, CQK, CV, CAM_C, N = 2, 16, 40, 24, 13 * 17
 
 
 def _versions() -> str:
@@ -108,14 +109,11 @@ def _errors(run, ref_run, inputs: dict, dout: torch.Tensor, plain: torch.Tensor)
 
 
 def _pam_case(backend: str, device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> dict:
-    b, cqk, cv, (h, w) = (PAM_SHAPE[k] for k in ("batch", "cqk", "cv", "hw"))
+    def rand(channels, scale=1.0):
+        return (torch.randn(BATCH, channels, N, generator=gen) * scale).to(device, dtype)
 
-    def rand(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=gen) * scale).to(device, dtype)
-
-    n = h * w  # [B, C, N], as the reference takes them
-    q, k = rand(b, cqk, n, scale=0.6), rand(b, cqk, n, scale=0.6)  # logits of a few units
-    v, x, dout = rand(b, cv, n), rand(b, cv, n), rand(b, cv, n)
+    q, k = rand(CQK, scale=0.6), rand(CQK, scale=0.6)  # logits of a few units
+    v, x, dout = rand(CV), rand(CV), rand(CV)
     gamma = torch.tensor(0.7, device=device)
     plain = position_attention_reference(q.double(), k.double(), v.double())
     return _errors(
@@ -125,9 +123,8 @@ def _pam_case(backend: str, device: torch.device, dtype: torch.dtype, gen: torch
 
 
 def _cam_case(backend: str, device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> dict:
-    b, c, (h, w) = (CAM_SHAPE[k] for k in ("batch", "channels", "hw"))
-    x = (torch.randn(b, c, h * w, generator=gen) * 0.3).to(device, dtype)
-    dout = torch.randn(b, c, h * w, generator=gen).to(device, dtype)
+    x = (torch.randn(BATCH, CAM_C, N, generator=gen) * 0.3).to(device, dtype)
+    dout = torch.randn(BATCH, CAM_C, N, generator=gen).to(device, dtype)
     gamma = torch.tensor(0.7, device=device)
     plain = channel_attention_reference(x.double())
     return _errors(
@@ -149,10 +146,9 @@ def check(device: torch.device, backends: Optional[list] = None, out=sys.stdout)
     names = backends or [b for b in ("triton", "cuda", "chunked") if unavailable_reason(b, device) is None]
     tf32 = torch.get_float32_matmul_precision() != "highest"
     ok = True
-    print(f"self-check on {device}: PAM B={PAM_SHAPE['batch']} Cqk={PAM_SHAPE['cqk']} "
-          f"Cv={PAM_SHAPE['cv']} and CAM B={CAM_SHAPE['batch']} C={CAM_SHAPE['channels']}, "
-          f"{PAM_SHAPE['hw'][0]}x{PAM_SHAPE['hw'][1]} positions, forward and backward against "
-          f"float64 (the first cuda call compiles the extension: minutes)", file=out, flush=True)
+    print(f"self-check on {device}: PAM B={BATCH} Cqk={CQK} Cv={CV} and CAM B={BATCH} C={CAM_C}, "
+          f"N={N} positions, forward and backward against float64 (the first cuda call compiles "
+          f"the extension: minutes)", file=out, flush=True)
     for backend in names:
         for dtype in check_dtypes(device):
             tf32_here = dtype == torch.float32 and tf32 and device.type == "cuda"
