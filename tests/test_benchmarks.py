@@ -242,6 +242,7 @@ def test_variant_rows_follow_each_triton_row_and_name_real_switches(monkeypatch)
             dict(base, op="pam", dtype="fp32", mode="fwd", backend="triton"),
             dict(base, op="pam", dtype="bf16", mode="fwdbwd", backend="triton"),
             dict(base, op="pam", dtype="bf16", mode="fwd", backend="triton", shape="97x97", N=9409),
+            dict(base, op="pam", dtype="bf16", mode="fwdbwd", backend="triton", shape="97x97", N=9409),
             dict(base, op="cam", dtype="bf16", mode="fwdbwd", backend="triton"),
             dict(base, op="cam", dtype="fp32", mode="fwd", backend="triton"),
             dict(base, op="pam", dtype="fp16", mode="fwdbwd", backend="cuda"),
@@ -262,6 +263,8 @@ def test_variant_rows_follow_each_triton_row_and_name_real_switches(monkeypatch)
         ("pam", "bf16", "fwd", "triton"),  # N = 9409: TMA reads the padded copies
         ("pam", "bf16", "fwd", "triton[fwd=two_pass]"),
         ("pam", "bf16", "fwd", "triton[loads=tma]"),
+        ("pam", "bf16", "fwdbwd", "triton"),  # N = 9409: deterministic mode at the crop only
+        ("pam", "bf16", "fwdbwd", "triton[bwd=fused]"),
         ("cam", "bf16", "fwdbwd", "triton"),
         ("cam", "fp32", "fwd", "triton"),
         ("cam", "fp32", "fwd", "triton[fp32=ieee]"),
