@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One end of the supported range (README "Supported versions") in its own venv, deleted
-# afterwards: the Triton and op tests only (the whole suite runs on the default stack in
-# .ci/run).
+# afterwards: the Triton and op tests and the sm_90 static check only (the whole suite runs
+# on the default stack in .ci/run).
 #   oldest: the GPU machines' torch 2.11 / triton 3.6 (its interpreter needs numpy<2.4);
 #           torch 2.11 comes only as a CUDA build here (~5 GB, imports fine without a GPU).
 #   newest: torch 2.13 CPU wheel + triton 3.9 (a CUDA torch would pin an older triton).
@@ -12,8 +12,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIP_NO_CACHE_DIR=1
 
+# test_sm90_static.py: every Triton config compiled for sm_90 by this stack's Triton and
+# ptxas, no spills (the main job checks the triton its torch pins; 3.6 is the GPU machines').
 TESTS=(tests/test_triton_*.py tests/test_pam_backends.py tests/test_cam_backends.py
-       tests/test_compile.py tests/test_validation.py)
+       tests/test_compile.py tests/test_validation.py tests/test_sm90_static.py)
 
 name=${1:?usage: bash .ci/stacks.sh oldest|newest}
 case $name in

@@ -11,11 +11,13 @@ writes the same rows as a table to ``benchmarks/results/static-sm90/``.
 The sweep covers every kernel and config in the four dtypes (fp32 under the default
 "highest" matmul precision, fp32 under ``torch.set_float32_matmul_precision("high")``,
 fp16, bf16). It costs about 270-320 CPU seconds with the 2026-11-28 config lists (Triton
-3.6-3.8; ~2.5-3 minutes on CI's 2 cores), less once the spilling configs are pruned, so CI
-runs all of it. To keep CI bounded whatever the lists grow to, no compile starts once the
-finished ones have used ``CPU_BUDGET_S`` CPU seconds (env ``DANET_OPS_SM90_CPU_BUDGET_S``,
-default 480: 4 minutes on 2 idle cores); configs left uncompiled fail the test. A CPU
-budget rather than a wall-clock one: on a shared machine wall time follows the load.
+3.6-3.9; ~2.5-3 minutes on CI's 2 cores), less once the spilling configs are pruned, so CI
+runs all of it, on the main job's Triton and on both ends of the supported range
+(``.ci/stacks.sh``: 3.6, the GPU machines', and 3.9). To keep CI bounded whatever the
+lists grow to, no compile starts once the finished ones have used ``CPU_BUDGET_S`` CPU
+seconds (env ``DANET_OPS_SM90_CPU_BUDGET_S``, default 480: 4 minutes on 2 idle cores);
+configs left uncompiled fail the test. A CPU budget rather than a wall-clock one: on a
+shared machine wall time follows the load.
 
 Everything skips, saying why, where Triton or its bundled ptxas is missing.
 """

@@ -118,9 +118,9 @@ _BWD_DK_HALF = [
     _C(8, 2, BLOCK_M=128, BLOCK_N=32, BLOCK_DV=64),
 ]
 # 3xTF32 (sm_90, clean under "highest" and "high"): 32-row query steps over 128 keys fit
-# (M32 N128 DV64 w8: 136 registers, DV128: 246); M32 N64 DV128 w8 spills 88 B.
+# (M32 N128 DV64 w8: 136 registers, DV128: 246); M32 N64 DV128 w8 spills 88 B, and
+# M64 N64 DV64 w4 (251-255 registers on triton 3.6) spills 4 B on 3.9.
 _BWD_DV_TF32X3 = [
-    _C(4, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_DV=64),
     _C(8, 2, BLOCK_M=32, BLOCK_N=128, BLOCK_DV=64),
     _C(8, 2, BLOCK_M=32, BLOCK_N=128, BLOCK_DV=128),
     _C(8, 2, BLOCK_M=64, BLOCK_N=128, BLOCK_DV=64),
@@ -149,7 +149,8 @@ _BWD_DQ_HALF = [
     _C(8, 2, BLOCK_M=128, BLOCK_N=64, BLOCK_DV=64),
     _C(8, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_DV=128),
 ]
-_PRE = [_C(4, 2, BLOCK_M=128, BLOCK_DV=64), _C(4, 2, BLOCK_M=64, BLOCK_DV=128)]
+# (M128 DV64 w4 spills 32 B in bf16 on triton 3.9.)
+_PRE = [_C(4, 2, BLOCK_M=64, BLOCK_DV=128)]
 # The fused backward holds a [BLOCK_N, Cv] fp32 dV accumulator (Cv <= 512) beside the
 # resident [BLOCK_N, Cv] v tile. Compiled for sm_90 in fp16/bf16, 8 warps: spill-free at
 # BLOCK_N = 32 (M32: 230-234 registers); M16 N64 sits at 255 and spills 4 B with the
