@@ -190,7 +190,8 @@ def main(argv=None) -> int:
         unknown = [b for b in backends if b not in BACKENDS[1:]]
         if unknown:
             p.error(f"--backends: unknown {unknown}; choose from {', '.join(BACKENDS[1:])}")
-        missing = {b: unavailable_reason(b, device) for b in backends if unavailable_reason(b, device)}
+        reasons = {b: unavailable_reason(b, device) for b in backends}
+        missing = {b: why for b, why in reasons.items() if why is not None}
         if missing:
             p.error(f"--backends: not available on {device}: {missing}")
     print()

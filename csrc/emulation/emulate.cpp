@@ -7,6 +7,7 @@
 // matrices (emu_mma_m16n8k16*, emu_ldmatrix_x4, emu_cp_async16), for tests/test_cuda_mma.py.
 #include "cuda_shim.h"
 
+#include <initializer_list>
 #include <vector>
 
 #include "../pam_kernels.cuh"
@@ -31,6 +32,32 @@ static std::vector<T> padded_rows(const T* x, int rows, int n, int ld) {
     for (int j = 0; j < n; ++j) y[(size_t)r * ld + j] = x[(size_t)r * n + j];
   return y;
 }
+
+static bool aligned16(const void* x) { return reinterpret_cast<uintptr_t>(x) % 16 == 0; }
+
+// As ../common.cuh's mma_row_stride: the buffers are read in place when N is a multiple of 8
+// and every one is 16-byte aligned, else each is copied with zero padding (MmaRows).
+static bool rows_direct(int n, std::initializer_list<const void*> xs) {
+  bool direct = n % 8 == 0;
+  for (const void* x : xs) direct = direct && aligned16(x);
+  return direct;
+}
+
+// x [B, C, N] as padded_rows hands it to the kernels: used in place when direct, else
+// copied into zero-padded rows of ld = ceil8(N).
+template <typename T>
+struct MmaRows {
+  std::vector<T> copy;
+  const T* p;
+  int ld;
+  MmaRows(const T* x, int rows, int n, bool direct) : p(x), ld(n) {
+    if (!direct) {
+      ld = (n + 7) / 8 * 8;
+      copy = padded_rows(x, rows, n, ld);
+      p = copy.data();
+    }
+  }
+};
 
 // Which kernel pam_forward ran (the tests check that the one they meant to test did).
 enum PamForwardPath { TILE_KERNEL = 0, CV_BLOCKS_MMA = 1, WHOLE_CV_MMA = 2 };
@@ -60,21 +87,12 @@ static PamForwardPath pam_forward(const T* q, const T* k, const T* v, const T* r
                [&] { pam_forward_kernel<T>(p, out, o, lse); });
     return TILE_KERNEL;
   } else {
-    // As ../pam.cu: rows used in place when N is a multiple of 8 and the buffers are
-    // 16-byte aligned, else copied with zero padding to ld = N rounded up to 8.
-    const auto aligned = [](const void* x) { return reinterpret_cast<uintptr_t>(x) % 16 == 0; };
-    const bool direct = n % 8 == 0 && aligned(q) && aligned(k) && aligned(v);
-    const int ld = direct ? n : (n + 7) / 8 * 8;
-    std::vector<T> qp, kp, vp;
-    if (!direct) {
-      qp = padded_rows(q, batch * cqk, n, ld);
-      kp = padded_rows(k, batch * cqk, n, ld);
-      vp = padded_rows(v, batch * cv, n, ld);
-      p.q = qp.data();
-      p.k = kp.data();
-      p.v = vp.data();
-    }
-    p.ld = ld;
+    const bool direct = rows_direct(n, {q, k, v});
+    const MmaRows<T> qr(q, batch * cqk, n, direct), kr(k, batch * cqk, n, direct), vr(v, batch * cv, n, direct);
+    p.q = qr.p;
+    p.k = kr.p;
+    p.v = vr.p;
+    p.ld = qr.ld;
     if constexpr (sizeof(T) == 2) {
       if (whole_cv && pam_wide::fits<T>(cqk, cv)) {
         emu_launch(dim3(ceil_div(n, pam_whole::BQ), batch), pam_whole::BLOCK_THREADS,
@@ -116,22 +134,16 @@ static PamBackwardPath pam_backward(const T* dout, const T* q, const T* k, const
   emu_launch(dim3(ceil_div(n, THREADS), batch), THREADS,
              [&] { pam_delta_kernel<T>(dout, o, gamma, cv, n, rowdot, delta); });
   PamBackwardPath path = TILE_KERNELS;
-  std::vector<T> qp, kp, vp, dp;  // padded rows, as ../pam.cu hands them to the mma kernels
+  // Rows as ../pam.cu hands them to the mma kernels (the tile kernels read them as they are).
+  const bool direct = legacy || rows_direct(n, {q, k, v, dout});
+  const MmaRows<T> qr(q, batch * cqk, n, direct), kr(k, batch * cqk, n, direct);
+  const MmaRows<T> vr(v, batch * cv, n, direct), dr(dout, batch * cv, n, direct);
   if (!legacy && cqk > 0 && cv > 0) {
-    const auto aligned = [](const void* x) { return reinterpret_cast<uintptr_t>(x) % 16 == 0; };
-    const bool direct = n % 8 == 0 && aligned(q) && aligned(k) && aligned(v) && aligned(dout);
-    const int ld = direct ? n : (n + 7) / 8 * 8;
-    if (!direct) {
-      qp = padded_rows(q, batch * cqk, n, ld);
-      kp = padded_rows(k, batch * cqk, n, ld);
-      vp = padded_rows(v, batch * cv, n, ld);
-      dp = padded_rows(dout, batch * cv, n, ld);
-      p.q = qp.data();
-      p.k = kp.data();
-      p.v = vp.data();
-      p.dout = dp.data();
-    }
-    p.ld = ld;
+    p.q = qr.p;
+    p.k = kr.p;
+    p.v = vr.p;
+    p.dout = dr.p;
+    p.ld = qr.ld;
     path = SPLIT_MMA;
     if constexpr (sizeof(T) == 2) {
       if (fused && pam_wide::fits<T>(cqk, cv)) path = FUSED_MMA;
@@ -198,22 +210,6 @@ static void emu_gram(const T* xa, const T* xb, float* out, float* ws, int batch,
 
 // ---- CAM on mma.sync (fp32 as 3xTF32), as ../cam.cu runs it on sm_80+ ----
 
-// x [B, C, N] as padded_rows hands it to the kernels: used in place when N is a multiple of
-// 8 and the buffer 16-byte aligned, else copied into zero-padded rows of ld = ceil8(N).
-template <typename T>
-struct MmaRows {
-  std::vector<T> copy;
-  const T* p;
-  int ld;
-  MmaRows(const T* x, int rows, int n, bool direct) : p(x), ld(n) {
-    if (!direct) {
-      ld = (n + 7) / 8 * 8;
-      copy = padded_rows(x, rows, n, ld);
-      p = copy.data();
-    }
-  }
-};
-static bool aligned16(const void* x) { return reinterpret_cast<uintptr_t>(x) % 16 == 0; }
 
 // B_N_MAJOR: the C x N products (A X, dx); else the Gram products.
 template <bool B_N_MAJOR, typename T, typename TC>
@@ -273,7 +269,7 @@ static void cam_forward(const T* x, const float* gamma, T* out, float* attn, flo
                         int batch, int c, int n, int splits, bool legacy = false, bool tf32 = false) {
   const int64_t rows = (int64_t)batch * c;
   if (!legacy) {
-    const MmaRows<T> xr(x, batch * c, n, n % 8 == 0 && aligned16(x));
+    const MmaRows<T> xr(x, batch * c, n, rows_direct(n, {x}));
     emu_gram_mma(xr, xr, attn, ws, batch, c, n, splits);
     emu_launch(dim3(ceil_div(rows, THREADS / 32)), THREADS, [&] { cam_softmax_kernel(attn, rows, c); });
     const auto a = emu_operand<T, CamOperand::copy>(attn, nullptr, batch, c);
@@ -323,7 +319,7 @@ static void cam_backward(const T* dout, const T* x, const float* attn, const flo
   const int64_t rows = (int64_t)batch * c;
   const int64_t cc = (int64_t)c * c, cn = (int64_t)c * n;
   if (!legacy) {
-    const bool direct = n % 8 == 0 && aligned16(x) && aligned16(dout);
+    const bool direct = rows_direct(n, {x, dout});
     const MmaRows<T> xr(x, batch * c, n, direct), dr(dout, batch * c, n, direct);
     emu_gram_mma(dr, xr, de, ws, batch, c, n, splits);
     emu_launch(dim3(ceil_div(rows, THREADS / 32)), THREADS,

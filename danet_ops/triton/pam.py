@@ -741,17 +741,19 @@ def pam_forward(
     # (sm_90, triton 3.8: 192-324 B).
     tma = load_variant() == "tma" and qk_precision != "ieee" and tma_fits(q, k, v)
     qa, ka, va = (_descriptor(t) for t in (q, k, v)) if tma else (q, k, v)
-    kernel, rows = (_pam_fwd_tma_kernel if tma else _pam_fwd_kernel), lse
+    # The row statistics the second kernel reads: the one-pass kernel writes lse there; the
+    # two-pass kernel reads pass 1's row max and log2 l.
+    kernel, row_stats = (_pam_fwd_tma_kernel if tma else _pam_fwd_kernel), lse
     if forward_variant() == "two_pass":
-        rows = torch.empty((batch, 2, n), dtype=torch.float32, device=q.device)  # m, log2 l
+        row_stats = torch.empty((batch, 2, n), dtype=torch.float32, device=q.device)
         lse_kernel = _pam_lse_tma_kernel if tma else _pam_lse_kernel
         lse_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), batch)](
-            qa, ka, lse, rows, *q.stride(), *k.stride(), n, n_load, cqk, configs.n_bucket(n), qk_scale,
+            qa, ka, lse, row_stats, *q.stride(), *k.stride(), n, n_load, cqk, configs.n_bucket(n), qk_scale,
             QK_PRECISION=qk_precision, TMA=tma, BLOCK_D=_block_d(cqk),
         )
         kernel = _pam_fwd_normalised_tma_kernel if tma else _pam_fwd_normalised_kernel
     kernel[grid](
-        qa, ka, va, gamma if has_gamma else lse, res, out, o if keep_o else out, rows,
+        qa, ka, va, gamma if has_gamma else lse, res, out, o if keep_o else out, row_stats,
         *q.stride(), *k.stride(), *v.stride(), *res.stride(),
         n, n_load, cqk, cv, configs.n_bucket(n), qk_scale,
         HAS_GAMMA=has_gamma, HAS_RESIDUAL=has_residual, SAVE_O=keep_o,
