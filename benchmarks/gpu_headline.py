@@ -96,16 +96,10 @@ def _bench(cfg):
 # ---------------------------------------------------------------- correctness
 
 
-def _rel(a, b) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    if not torch.isfinite(a).all():
-        return float("inf")
-    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
-
-
 def error_vs_chunked(cfg: dict, device: torch.device) -> float:
     """Max relative error of out and the input gradients against chunked in float64."""
     import danet_ops
+    from danet_ops.reference import relative_error
 
     dtype = DTYPES[cfg["dtype"]]
     b, c, n = cfg["B"], cfg["C"], cfg["N"]
@@ -132,7 +126,7 @@ def error_vs_chunked(cfg: dict, device: torch.device) -> float:
 
     got = run(cfg["backend"], lambda t: t.detach().clone())
     ref = run("chunked", lambda t: t.detach().double())
-    return max(_rel(a, r) for a, r in zip(got, ref))
+    return max(relative_error(a, r) for a, r in zip(got, ref))
 
 
 # ---------------------------------------------------------------- the run

@@ -22,7 +22,7 @@ import torch
 import danet_ops
 from danet_ops import env
 from danet_ops.backends import BACKENDS, resolve, unavailable_reason
-from danet_ops.reference import channel_attention_reference, position_attention_reference
+from danet_ops.reference import channel_attention_reference, position_attention_reference, relative_error
 
 # Set in the environment, these change what runs; the report shows those that are set.
 OTHER_VARIABLES = ("DANET_OPS_TRITON_CONFIG", "DANET_OPS_CACHE", "DANET_OPS_BUILD_CUDA",
@@ -82,16 +82,6 @@ def report(device: torch.device) -> list[str]:
     return lines
 
 
-def _error(got: torch.Tensor, ref: torch.Tensor, floor: Optional[torch.Tensor] = None) -> float:
-    """‖got − ref‖ / ‖ref‖ in float64; with ``floor`` the denominator is at least ‖floor‖ (a
-    sum like dgamma = Σ dout∘o may cancel far below its terms' rounding error)."""
-    got, ref = got.detach().double(), ref.detach().double()
-    if not torch.isfinite(got).all():
-        return float("inf")
-    denom = max(ref.norm().item(), 0.0 if floor is None else floor.norm().item(), 1e-300)
-    return (got - ref).norm().item() / denom
-
-
 def _errors(run, ref_run, inputs: dict, dout: torch.Tensor, plain: torch.Tensor) -> dict:
     """The output's and each input gradient's error: ``run`` on the inputs (gamma last),
     ``ref_run`` on float64 copies; ``plain`` is the float64 attention without its epilogue,
@@ -102,9 +92,11 @@ def _errors(run, ref_run, inputs: dict, dout: torch.Tensor, plain: torch.Tensor)
     ref_leaves = [t.detach().double().requires_grad_() for t in inputs.values()]
     ref = ref_run(*ref_leaves)
     ref_grads = torch.autograd.grad(ref, ref_leaves, dout.double())
-    errors = {"out": _error(out, ref)}
+    errors = {"out": relative_error(out, ref)}
     for name, got, want in zip(inputs, grads, ref_grads):
-        errors["d" + name] = _error(got, want, dout.double() * plain if name == "gamma" else None)
+        # dgamma = Σ dout∘plain may cancel far below its terms' rounding error: held to ‖terms‖.
+        terms = dout.double() * plain if name == "gamma" else None
+        errors["d" + name] = relative_error(got, want, terms, floor=1.0)
     return errors
 
 

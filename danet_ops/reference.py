@@ -1,4 +1,5 @@
-"""The eager math of DANet's attention, exactly as mmsegmentation computes it.
+"""The eager math of DANet's attention, exactly as mmsegmentation computes it, and the
+error measure results are held to against it.
 
 This is the ground truth every other backend is tested against. It materialises the
 N x N (PAM) and C x C (CAM) matrices and lets autograd keep them for backward.
@@ -50,3 +51,24 @@ def channel_attention_reference(x: Tensor, gamma: Optional[Tensor] = None) -> Te
     if gamma is None:
         return out
     return out * gamma + x
+
+
+def relative_error(got: Tensor, ref: Tensor, yardstick: Optional[Tensor] = None, floor: float = 0.1) -> float:
+    """‖got − ref‖ / max(‖ref‖, floor·‖yardstick‖) in float64 (inf if got has NaN/inf where
+    ref does not); without a yardstick the plain relative error ‖got − ref‖ / ‖ref‖.
+
+    The yardstick is what a result's rounding error scales with where the result itself cancels
+    to ~0, or the terms of a cancelling sum: ``yardstick=terms, floor=1`` measures a sum (such
+    as dgamma = Σ dout∘o) against the random-sign rounding error of its terms, ‖terms‖₂;
+    ``yardstick=terms.abs().sum(), floor=1`` against their worst-case one, Σ|terms|.
+    The measure of the tests, ``python -m danet_ops --check`` and the benchmarks' error column.
+    """
+    got, ref = got.detach().double(), ref.detach().double()
+    if got.shape != ref.shape and got.numel() == ref.numel():
+        got = got.reshape(ref.shape)
+    if not torch.isfinite(got).all() and torch.isfinite(ref).all():
+        return float("inf")
+    denom = ref.norm().item()
+    if yardstick is not None:
+        denom = max(denom, floor * yardstick.detach().double().norm().item())
+    return (got - ref).norm().item() / (denom if denom > 0 else 1.0)
